@@ -1,0 +1,44 @@
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def script_env(**extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true", **extra)
+    env.pop("DISPLAY", None)  # the tests run headless, as CI does
+    return env
+
+
+def run_script(script, *args, cwd, timeout=600, env=None):
+    """Run a project script as a user would; returns the CompletedProcess (stdout and stderr as text)."""
+    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or script_env())
+
+
+def start_script(script, *args, cwd, env=None):
+    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or script_env())
+
+
+def read_scalars(run_dir):
+    """{tag: [(step, value), ...]} as TensorBoard shows it (purged steps of a resumed run are dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    out = defaultdict(list)
+    for tag in acc.Tags()["scalars"]:
+        out[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return out
+
+
+@pytest.fixture(scope="session")
+def root():
+    return ROOT

@@ -1,0 +1,296 @@
+"""Unit tests of sac_continuous's pieces, called directly."""
+import math
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import sac_continuous as sac
+
+
+def normal_cdf(x):
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def numerical_log_density(a, mean, std, scale, bias, h=1e-6):
+    """log p(a) for a = bias + scale * tanh(u), u ~ N(mean, std), from a finite difference of the CDF (float64)."""
+
+    def cdf(x):
+        return normal_cdf((math.atanh((x - bias) / scale) - mean) / std)
+
+    return math.log((cdf(a + h) - cdf(a - h)) / (2 * h))
+
+
+def test_tanh_gaussian_log_prob_matches_numerical_density():
+    mean = torch.tensor([[0.3, -0.7]])
+    log_std = torch.tensor([[math.log(0.5), math.log(1.2)]])
+    scale, bias = torch.tensor([2.0, 0.5]), torch.tensor([1.0, -0.25])
+    for noise_values in ([0.0, 0.0], [1.3, -0.4], [-2.0, 1.7]):
+        noise = torch.tensor([noise_values])
+        action, log_prob = sac.tanh_gaussian(mean, log_std, noise, scale, bias)
+        expected = sum(
+            numerical_log_density(action[0, i].item(), mean[0, i].item(), log_std[0, i].exp().item(), scale[i].item(), bias[i].item())
+            for i in range(2)
+        )
+        assert log_prob.shape == (1,)
+        assert log_prob.item() == pytest.approx(expected, abs=2e-3)
+
+
+def test_tanh_gaussian_log_prob_stays_exact_when_saturated():
+    # u = 6: 1 - tanh(u)^2 = 2.5e-5, where the usual float32 `log(1 - tanh^2 + 1e-6)` is off by about 0.04
+    mean, log_std, noise = torch.tensor([[6.0]]), torch.tensor([[0.0]]), torch.tensor([[0.0]])
+    _, log_prob = sac.tanh_gaussian(mean, log_std, noise, torch.tensor([1.0]), torch.tensor([0.0]))
+    u = 6.0
+    expected = -0.5 * math.log(2 * math.pi) - math.log(1 - math.tanh(u) ** 2)
+    assert log_prob.item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_actor_respects_asymmetric_bounds():
+    low, high = [-1.0, 0.0, 2.0], [3.0, 1.0, 5.0]
+    actor = sac.Actor(4, 3, low, high, hidden_sizes=(16,))
+    torch.testing.assert_close(actor.action_scale, torch.tensor([2.0, 0.5, 1.5]))
+    torch.testing.assert_close(actor.action_bias, torch.tensor([1.0, 0.5, 3.5]))
+    obs = torch.randn(2000, 4) * 10
+    actions = actor.act(obs)
+    assert (actions >= torch.tensor(low)).all() and (actions <= torch.tensor(high)).all()
+    # the spread covers most of each dimension's own range, not the first dimension's
+    assert (actions.max(0).values - actions.min(0).values > 0.3 * (torch.tensor(high) - torch.tensor(low))).all()
+    with torch.no_grad():
+        for p in actor.fc_mean.parameters():
+            p.zero_()
+    torch.testing.assert_close(actor.act(obs[:1], deterministic=True)[0], torch.tensor([1.0, 0.5, 3.5]))
+    with torch.no_grad():
+        actor.fc_mean.bias.fill_(20.0)
+    torch.testing.assert_close(actor.act(obs[:1], deterministic=True)[0], torch.tensor(high))
+
+
+def test_deterministic_action_is_tanh_of_mean_and_repeatable():
+    actor = sac.Actor(3, 2, [-2.0, -2.0], [2.0, 2.0], hidden_sizes=(8,))
+    obs = torch.randn(5, 3)
+    mean, _ = actor(obs)
+    torch.testing.assert_close(actor.act(obs, deterministic=True), 2.0 * torch.tanh(mean))
+    torch.testing.assert_close(actor.act(obs, deterministic=True), actor.act(obs, deterministic=True))
+    assert not torch.allclose(actor.act(obs), actor.act(obs))
+
+
+def test_polyak_update_is_exact_and_leaves_source_alone():
+    source, target = sac.QEnsemble(3, 1, (4,)), sac.QEnsemble(3, 1, (4,))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.fill_(1.0)
+        for p in target.parameters():
+            p.fill_(0.0)
+    sac.polyak_update(list(target.parameters()), list(source.parameters()), 0.1)
+    sac.polyak_update(list(target.parameters()), list(source.parameters()), 0.1)
+    for p, q in zip(target.parameters(), source.parameters()):
+        torch.testing.assert_close(p, torch.full_like(p, 0.19))
+        torch.testing.assert_close(q, torch.ones_like(q))
+
+
+def test_q_ensemble_equals_independent_mlps_and_detach_params():
+    qf = sac.QEnsemble(5, 2, (8, 6), num_q=2)
+    obs, actions = torch.randn(7, 5), torch.randn(7, 2, requires_grad=True)
+    out = qf(obs, actions)
+    assert out.shape == (2, 7)
+    x0 = torch.cat([obs, actions], -1)
+    for j in range(2):
+        x = x0
+        for i, (w, b) in enumerate(zip(qf.weights, qf.biases)):
+            x = x @ w[j] + b[j]
+            if i < 2:
+                x = torch.relu(x)
+        torch.testing.assert_close(out[j], x.squeeze(-1))
+    assert not torch.allclose(out[0], out[1])  # the members are initialised independently
+    qf(obs, actions, detach_params=True).sum().backward()
+    assert actions.grad is not None and actions.grad.abs().sum() > 0
+    assert all(p.grad is None for p in qf.parameters())
+
+
+def test_replay_buffer_wraps_samples_and_roundtrips():
+    rb = sac.ReplayBuffer(4, obs_dim=2, act_dim=1, device=torch.device("cpu"))
+    for start in (0, 3):
+        n = 3
+        values = np.arange(start, start + n, dtype=np.float32)
+        rb.add(np.stack([values, values], 1), values[:, None], values, np.stack([values + 100, values], 1), values % 2)
+    assert rb.size == 4 and rb.pos == 2
+    assert sorted(rb.data["rewards"].tolist()) == [2.0, 3.0, 4.0, 5.0]  # 0 and 1 were overwritten
+    obs, actions, rewards, next_obs, terminations = rb.sample(500)
+    assert set(rewards.tolist()) == {2.0, 3.0, 4.0, 5.0}
+    torch.testing.assert_close(next_obs[:, 0], obs[:, 0] + 100)
+    torch.testing.assert_close(terminations, rewards % 2)
+    state = rb.state_dict()
+    copy = sac.ReplayBuffer(4, 2, 1, torch.device("cpu"))
+    copy.load_state_dict(state)
+    assert (copy.pos, copy.size) == (2, 4)
+    for key in rb.keys:
+        torch.testing.assert_close(copy.data[key], rb.data[key])
+    # only the filled part is saved, not the whole preallocated storage
+    big = sac.ReplayBuffer(10_000, 2, 1, torch.device("cpu"))
+    big.add(np.zeros((3, 2)), np.zeros((3, 1)), np.zeros(3), np.zeros((3, 2)), np.zeros(3))
+    assert big.state_dict()["obs"].untyped_storage().nbytes() == 3 * 2 * 4
+
+
+def test_soft_q_target_bootstraps_only_when_not_terminated():
+    rewards = torch.tensor([1.0, 1.0])
+    terminations = torch.tensor([0.0, 1.0])
+    next_q, next_log_pi = torch.tensor([10.0, 10.0]), torch.tensor([-2.0, -2.0])
+    target = sac.soft_q_target(rewards, terminations, next_q, next_log_pi, torch.tensor(0.5), 0.9)
+    torch.testing.assert_close(target, torch.tensor([1.0 + 0.9 * (10.0 + 1.0), 1.0]))
+
+
+class CountingEnv(gym.Env):
+    """obs = [episode, t]; reward = t; terminates when t reaches `terminate_at` (if set)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, terminate_at=None):
+        self.terminate_at, self.episode, self.t = terminate_at, -1, 0
+
+    def _obs(self):
+        return np.array([self.episode, self.t], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(self.t), self.terminate_at is not None and self.t >= self.terminate_at, False, {}
+
+
+def test_env_step_stores_real_transitions_across_next_step_autoreset():
+    """Env 0 is truncated by a 3-step time limit, env 1 terminates at t = 2."""
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.wrappers.TimeLimit(CountingEnv(), 3), lambda: gym.wrappers.TimeLimit(CountingEnv(terminate_at=2), 3)],
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
+    rb = sac.ReplayBuffer(100, 2, 1, torch.device("cpu"))
+    obs, _ = envs.reset(seed=0)
+    autoreset = np.zeros(2, dtype=bool)
+    for _ in range(7):
+        obs, _, autoreset = sac.env_step(envs, rb, obs, np.zeros((2, 1), np.float32), autoreset)
+    stored = {
+        (tuple(o), tuple(n), r, d)
+        for o, n, r, d in zip(rb.data["obs"][: rb.size].tolist(), rb.data["next_obs"][: rb.size].tolist(),
+                              rb.data["rewards"][: rb.size].tolist(), rb.data["terminations"][: rb.size].tolist())
+    }
+    truncated_env = {((0, 0), (0, 1), 1, 0), ((0, 1), (0, 2), 2, 0), ((0, 2), (0, 3), 3, 0),  # truncated: bootstraps from (0, 3)
+                     ((1, 0), (1, 1), 1, 0), ((1, 1), (1, 2), 2, 0), ((1, 2), (1, 3), 3, 0)}
+    terminating_env = {((0, 0), (0, 1), 1, 0), ((0, 1), (0, 2), 2, 1),
+                       ((1, 0), (1, 1), 1, 0), ((1, 1), (1, 2), 2, 1), ((2, 0), (2, 1), 1, 0)}
+    as_float = {(tuple(map(float, o)), tuple(map(float, n)), float(r), float(d)) for o, n, r, d in truncated_env | terminating_env}
+    assert rb.size == 11  # 14 env steps, 3 of them autoresets
+    assert stored == as_float
+    # never a transition from a final observation into the next episode's first one
+    assert all(n[0] == o[0] and n[1] == o[1] + 1 for o, n, _, _ in stored)
+
+
+def make_update_setup(obs_dim=3, act_dim=2, batch=64, seed=0):
+    torch.manual_seed(seed)
+    actor = sac.Actor(obs_dim, act_dim, [-1.0] * act_dim, [1.0] * act_dim, (32, 32))
+    qf, qf_target = sac.QEnsemble(obs_dim, act_dim, (32, 32)), sac.QEnsemble(obs_dim, act_dim, (32, 32))
+    qf_target.load_state_dict(qf.state_dict())
+    obs = torch.randn(batch, obs_dim)
+    batch_data = (obs, torch.rand(batch, act_dim) * 2 - 1, obs.sum(-1), torch.randn(batch, obs_dim), torch.zeros(batch))
+    return actor, qf, qf_target, batch_data
+
+
+def test_critic_update_fits_its_target():
+    actor, qf, qf_target, data = make_update_setup()
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=1e-3)
+    log_alpha = torch.tensor(math.log(0.2))
+    losses = [sac.update_critic(*data, actor, qf, qf_target, q_optimizer, log_alpha, 0.0)[0].item() for _ in range(200)]
+    # gamma = 0: the target is the reward alone (a function of the observation), which the critics must fit
+    assert losses[-1] < 0.05 * losses[0]
+
+
+def test_actor_and_alpha_updates_move_the_right_way():
+    actor, qf, _, data = make_update_setup()
+    obs = data[0]
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    log_alpha = torch.tensor(0.0, requires_grad=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=1e-2)
+    q_before = qf(obs, actor.act(obs, deterministic=True)).min(0).values.mean()
+    for _ in range(100):
+        # a freshly initialised policy has entropy far above the target -|A| = -2: alpha must fall
+        _, _, entropy = sac.update_actor(obs, actor, qf, actor_optimizer, log_alpha, alpha_optimizer, -2.0)
+    assert log_alpha.item() < -0.5
+    assert qf(obs, actor.act(obs, deterministic=True)).min(0).values.mean() > q_before
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in qf.parameters())  # the critics are left alone
+    # fixed temperature: no alpha loss, log_alpha untouched
+    fixed = torch.tensor(math.log(0.2))
+    _, alpha_loss, _ = sac.update_actor(obs, actor, qf, actor_optimizer, fixed, None, -2.0)
+    assert alpha_loss.item() == 0.0 and fixed.item() == pytest.approx(math.log(0.2))
+
+
+def test_crossed_handles_strides_that_do_not_divide():
+    hits = [step for step in range(3, 31, 3) if sac.crossed(step, 10, 3)]
+    assert hits == [12, 21, 30]
+    assert not any(sac.crossed(step, 0, 1) for step in range(1, 5))
+
+
+def test_atomic_save_keeps_the_old_file_when_saving_fails(tmp_path):
+    path = str(tmp_path / "latest.pt")
+    sac.atomic_save({"step": 1}, path)
+    with pytest.raises(Exception):
+        sac.atomic_save({"bad": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert os.listdir(tmp_path) == ["latest.pt"]
+
+
+def test_load_checkpoint_refuses_bad_files(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(sac.CheckpointError, match="run code"):
+        sac.load_checkpoint(str(evil))
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(sac.CheckpointError, match="not a checkpoint of this project"):
+        sac.load_checkpoint(str(tmp_path / "other.pt"))
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "other.pt").read_bytes()[:100])
+    with pytest.raises(sac.CheckpointError, match="not a loadable checkpoint"):
+        sac.load_checkpoint(str(tmp_path / "trunc.pt"))
+    with pytest.raises(sac.CheckpointError, match="no such file"):
+        sac.load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_merge_resume_args_keeps_saved_hyperparameters():
+    saved = {**vars(sac.Args(env_id="Pendulum-v1", total_timesteps=1000, batch_size=32)), "hidden_sizes": [64, 64]}
+    merged = sac.merge_resume_args(saved, sac.Args(resume="x.pt"))
+    assert (merged.env_id, merged.total_timesteps, merged.batch_size, merged.hidden_sizes) == ("Pendulum-v1", 1000, 32, (64, 64))
+    merged = sac.merge_resume_args(saved, sac.Args(resume="x.pt", total_timesteps=5000, batch_size=512))
+    assert merged.total_timesteps == 5000 and merged.batch_size == 32 and merged.resume == "x.pt"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 2_000_000}, "larger than --buffer-size"),
+    ({"learning_starts": 2_000_000}, "--learning-starts"),
+    ({"q_lr": 0.0}, "--q-lr must be positive"),
+    ({"gamma": 1.5}, "--gamma"),
+    ({"tau": 0.0}, "--tau must be positive"),
+    ({"num_envs": 0}, "--num-envs must be positive"),
+    ({"env_id": "HalfCheetah-v9"}, "did you mean HalfCheetah-v"),
+])
+def test_check_args_rejects_nonsense(change, message):
+    with pytest.raises(sac.ArgError, match=message):
+        sac.check_args(sac.Args(**change))
+    sac.check_args(sac.Args())  # the defaults are valid
+
+
+def test_check_spaces_rejects_discrete_and_unbounded_actions():
+    box = gym.spaces.Box(-1, 1, (3,))
+    with pytest.raises(sac.ArgError, match="not a Box"):
+        sac.check_spaces("X", box, gym.spaces.Discrete(2))
+    with pytest.raises(sac.ArgError, match="unbounded"):
+        sac.check_spaces("X", box, gym.spaces.Box(-np.inf, np.inf, (2,)))
+    sac.check_spaces("X", box, gym.spaces.Box(np.array([-1.0, 0.0]), np.array([3.0, 1.0])))
