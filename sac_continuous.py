@@ -475,8 +475,12 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
-    run_name = checkpoint["run_name"] if checkpoint else args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.runs_dir, run_name)
+    if checkpoint is not None:  # continue in the run directory that holds the checkpoint, wherever it was moved
+        run_name = checkpoint["run_name"]
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
+    else:
+        run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = os.path.join(args.runs_dir, run_name)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     configure_headless_rendering()
 
@@ -638,6 +642,7 @@ def main() -> None:
                 for tag, value in (losses or {}).items():  # .item() syncs with the device: only here
                     writer.add_scalar(tag, value.item(), global_step)
                 progress.set_postfix(sps=sps, ret=f"{last_return:.1f}", refresh=False)
+                writer.flush()  # what a killed run logged is on disk up to here
 
             done = global_step >= args.total_timesteps
             if crossed(global_step, args.eval_every, args.num_envs) or done:
