@@ -65,14 +65,14 @@ class Args:
     """episodes per evaluation"""
     checkpoint_every: int = 25_000
     """write checkpoints/latest.pt every this many environment steps"""
-    save_buffer: bool = True
-    """save the replay buffer beside latest.pt, so --resume continues with it"""
     resume: Optional[str] = None
     """continue the run of this checkpoint (its own arguments are used; total-timesteps and the device flags may be changed)"""
     progress_bar: bool = True
     """show a tqdm progress bar"""
 
     # ---- SAC ----
+    save_buffer: bool = True
+    """save the replay buffer beside latest.pt, so --resume continues with it"""
     buffer_size: int = 1_000_000
     """replay buffer capacity (transitions)"""
     gamma: float = 0.99
@@ -246,7 +246,7 @@ class QEnsemble(nn.Module):
                 weight, bias = weight.detach(), bias.detach()
             x = torch.baddbmm(bias, x, weight)
             if i < len(self.weights) - 1:
-                x = F.relu(x)
+                x = x.relu_()  # in place: baddbmm's backward does not need its output
         return x.squeeze(-1)
 
 
@@ -520,30 +520,30 @@ def main() -> None:
     adam = {"fused": True, "capturable": args.cudagraphs}
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, **adam)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, **adam)
-    log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
+    temperature = nn.ParameterDict({"log_alpha": nn.Parameter(torch.tensor(math.log(args.alpha), device=device), requires_grad=args.autotune)})
+    log_alpha = temperature["log_alpha"]
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, **adam) if args.autotune else None
     target_entropy = -float(act_dim)
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
     qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
+    # what --resume restores besides the policy and the replay buffer: objects with state_dict() and load_state_dict()
+    resume_objects = {"qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "temperature": temperature}
+    if alpha_optimizer is not None:
+        resume_objects["alpha_optimizer"] = alpha_optimizer
 
     critic_step, actor_step = update_critic, update_actor
     if args.compile or args.cudagraphs:
         mode = "reduce-overhead" if args.cudagraphs else None
         critic_step, actor_step = torch.compile(update_critic, mode=mode), torch.compile(update_actor, mode=mode)
 
-    global_step, best_return, episodes_done = 0, -math.inf, 0
+    global_step, num_updates, best_return, episodes_done = 0, 0, -math.inf, 0
     if checkpoint is not None:
         state = checkpoint["resume_state"]
         actor.load_state_dict(checkpoint["policy"])
-        qf.load_state_dict(state["qf"])
-        qf_target.load_state_dict(state["qf_target"])
-        q_optimizer.load_state_dict(state["q_optimizer"])
-        actor_optimizer.load_state_dict(state["actor_optimizer"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        if alpha_optimizer is not None:
-            alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        global_step, best_return, episodes_done = checkpoint["global_step"], state["best_return"], state["episodes_done"]
+        for name, obj in resume_objects.items():
+            obj.load_state_dict(state[name])
+        global_step, num_updates = checkpoint["global_step"], state["num_updates"]
+        best_return, episodes_done = state["best_return"], state["episodes_done"]
         set_rng_state(state["rng"], envs.action_space)
         buffer_file = state.get("buffer_file")
         if buffer_file and os.path.exists(os.path.join(ckpt_dir, buffer_file)):
@@ -563,9 +563,7 @@ def main() -> None:
             "args": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items()},
             "global_step": global_step, "policy_kwargs": policy_kwargs, "policy": actor.state_dict(), "obs_rms": None,
             "resume_state": {
-                "qf": qf.state_dict(), "qf_target": qf_target.state_dict(), "q_optimizer": q_optimizer.state_dict(),
-                "actor_optimizer": actor_optimizer.state_dict(), "log_alpha": log_alpha.detach().cpu(),
-                "alpha_optimizer": alpha_optimizer.state_dict() if alpha_optimizer is not None else None,
+                **{name: obj.state_dict() for name, obj in resume_objects.items()}, "num_updates": num_updates,
                 "best_return": best_return, "episodes_done": episodes_done, "rng": get_rng_state(envs.action_space),
                 "buffer_file": buffer_file,
             },
@@ -631,6 +629,7 @@ def main() -> None:
                     qf_loss, qf_mean = critic_step(*data, actor, qf, qf_target, q_optimizer, log_alpha, args.gamma)
                     actor_loss, alpha_loss, entropy = actor_step(data[0], actor, qf, actor_optimizer, log_alpha, alpha_optimizer, target_entropy)
                     polyak_update(qf_target_params, qf_params, args.tau)
+                    num_updates += 1
                 losses = {"losses/qf_loss": qf_loss, "losses/qf_values": qf_mean, "losses/actor_loss": actor_loss,
                           "losses/alpha": log_alpha.detach().exp(), "losses/entropy": entropy}
                 if args.autotune:

@@ -1,11 +1,11 @@
-"""Training speed of sac_continuous.py (eager and --compile) against Stable-Baselines3's SAC, in one run.
+"""Training speed of an off-policy script (eager and --compile) against Stable-Baselines3's equivalent, in one run.
 
-    python benchmarks/sac_speed.py [--env-id HalfCheetah-v4] [--steps 4000] [--learning-starts 1000] [--repeats 2]
+    python benchmarks/speed.py --algo sac|td3|ddpg [--env-id HalfCheetah-v4] [--steps 4000] [--learning-starts 1000] [--repeats 2]
 
-Each configuration trains in its own process with one torch thread, at the same hyperparameters (256x256
-networks, batch 256, one gradient step per env step, automatic entropy tuning). SPS is measured after learning
-starts, from step `learning-starts` to the last step, so only steps that include an update count. The
-configurations run one after another, `repeats` times interleaved; the median is reported.
+Each configuration trains in its own process with one torch thread, at the same hyperparameters (the script's
+defaults: 256x256 networks, batch 256, one gradient step per env step, its learning rates, noise and delays).
+SPS is measured after learning starts, from step `learning-starts` to the last step, so only steps that include
+an update count. The configurations run one after another, `repeats` times interleaved; the median is reported.
 Needs stable-baselines3 (requirements-dev.txt)."""
 import argparse
 import json
@@ -19,11 +19,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SB3_PROGRAM = r"""
 import json, sys, time
-import gymnasium as gym, torch
-from stable_baselines3 import SAC
+import gymnasium as gym, numpy as np, torch
+from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback
-env_id, steps, learning_starts, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+from stable_baselines3.common.noise import NormalActionNoise
+algo, env_id, steps, learning_starts, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(1)
+env = gym.make(env_id)
+common = dict(buffer_size=1_000_000, learning_starts=learning_starts, batch_size=256, tau=0.005, gamma=0.99, train_freq=1,
+              gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu")
+noise = NormalActionNoise(np.zeros(env.action_space.shape), 0.1 * np.ones(env.action_space.shape))
+if algo == "sac":
+    model = SAC("MlpPolicy", env, learning_rate=1e-3, ent_coef="auto", **common)
+elif algo == "td3":
+    model = TD3("MlpPolicy", env, learning_rate=3e-4, action_noise=noise, policy_delay=2, target_policy_noise=0.2,
+                target_noise_clip=0.5, **common)
+else:
+    model = DDPG("MlpPolicy", env, learning_rate=1e-3, action_noise=noise, **common)
 
 class Clock(BaseCallback):
     def _on_step(self):
@@ -31,20 +43,17 @@ class Clock(BaseCallback):
             self.start = time.perf_counter()
         return True
 
-model = SAC("MlpPolicy", gym.make(env_id), learning_rate=1e-3, buffer_size=1_000_000, learning_starts=learning_starts,
-            batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, ent_coef="auto",
-            policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu")
 clock = Clock()
 model.learn(steps, callback=clock)
 print(json.dumps({"sps": (steps - learning_starts) / (time.perf_counter() - clock.start)}))
 """
 
 
-def ours(env_id: str, steps: int, learning_starts: int, seed: int, extra: list) -> float:
+def ours(script: str, env_id: str, steps: int, learning_starts: int, seed: int, extra: list) -> float:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, os.path.join(ROOT, "sac_continuous.py"), "--env-id", env_id, "--total-timesteps", str(steps),
+        cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--total-timesteps", str(steps),
                "--learning-starts", str(learning_starts), "--seed", str(seed), "--log-every", "250", "--eval-every", "0",
                "--eval-episodes", "1", "--checkpoint-every", str(10 * steps), "--no-save-buffer", "--no-progress-bar",
                "--runs-dir", tmp, "--run-name", "speed", *extra]
@@ -56,14 +65,15 @@ def ours(env_id: str, steps: int, learning_starts: int, seed: int, extra: list) 
     return (events[-1].step - events[0].step) / (events[-1].wall_time - events[0].wall_time)
 
 
-def sb3(env_id: str, steps: int, learning_starts: int, seed: int) -> float:
-    out = subprocess.run([sys.executable, "-c", SB3_PROGRAM, env_id, str(steps), str(learning_starts), str(seed)],
+def sb3(algo: str, env_id: str, steps: int, learning_starts: int, seed: int) -> float:
+    out = subprocess.run([sys.executable, "-c", SB3_PROGRAM, algo, env_id, str(steps), str(learning_starts), str(seed)],
                          check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algo", choices=["sac", "td3", "ddpg"], default="sac")
     parser.add_argument("--env-id", default="HalfCheetah-v4")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--learning-starts", type=int, default=1000)
@@ -71,16 +81,17 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the --compile configuration")
     args = parser.parse_args()
 
-    configs = {"sac_continuous.py (eager)": lambda seed: ours(args.env_id, args.steps, args.learning_starts, seed, []),
-               "stable-baselines3 SAC": lambda seed: sb3(args.env_id, args.steps, args.learning_starts, seed)}
+    script, baseline_name = f"{args.algo}_continuous.py", f"stable-baselines3 {args.algo.upper()}"
+    configs = {f"{script} (eager)": lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, []),
+               baseline_name: lambda seed: sb3(args.algo, args.env_id, args.steps, args.learning_starts, seed)}
     if not args.no_compile:
-        configs["sac_continuous.py --compile"] = lambda seed: ours(args.env_id, args.steps, args.learning_starts, seed, ["--compile"])
+        configs[f"{script} --compile"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, ["--compile"])
     results = {name: [] for name in configs}
     for repeat in range(args.repeats):
         for name, measure in configs.items():
             results[name].append(measure(repeat + 1))
             print(f"  {name}: {results[name][-1]:.1f} SPS", flush=True)
-    baseline = statistics.median(results["stable-baselines3 SAC"])
+    baseline = statistics.median(results[baseline_name])
     print(f"\n{args.env_id}, SPS after learning starts (steps {args.learning_starts}-{args.steps}), median of {args.repeats}:")
     for name, values in results.items():
         median = statistics.median(values)

@@ -1,0 +1,688 @@
+"""Twin Delayed DDPG for continuous actions (Fujimoto et al. 2018, arXiv:1802.09477)."""
+import ctypes.util
+import difflib
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+ALGO = os.path.basename(__file__)[: -len(".py")]
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Args:
+    # ---- common to every script: same fields, same order ----
+    exp_name: str = ALGO
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of Python, NumPy, torch, the envs and their action spaces"""
+    torch_deterministic: bool = True
+    """make torch pick deterministic algorithms (two CPU runs with the same seed log identical curves)"""
+    cuda: bool = True
+    """train on CUDA when it is available"""
+    torch_threads: int = 1
+    """torch intra-op threads on the CPU; 1 is fastest for 256-wide networks"""
+    compile: bool = False
+    """put the update step through torch.compile"""
+    cudagraphs: bool = False
+    """capture the update step in CUDA graphs (torch.compile mode reduce-overhead; needs CUDA)"""
+    track: bool = False
+    """log to Weights & Biases (the TensorBoard logs are synced)"""
+    wandb_project_name: str = "continuous-control"
+    """the wandb project"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team or user)"""
+    capture_video: bool = False
+    """write an mp4 of the first episode of every evaluation to runs/<run>/videos"""
+    env_id: str = "HalfCheetah-v4"
+    """the gymnasium environment id"""
+    total_timesteps: int = 1_000_000
+    """total environment steps, summed over the vector envs"""
+    num_envs: int = 1
+    """parallel environments"""
+    runs_dir: str = "runs"
+    """directory that holds the run directories"""
+    run_name: Optional[str] = None
+    """name of the run directory (default: <env_id>__<exp_name>__<seed>__<unix time>)"""
+    log_every: int = 1_000
+    """log losses and SPS every this many environment steps"""
+    eval_every: int = 10_000
+    """evaluate the deterministic policy every this many environment steps (0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    checkpoint_every: int = 25_000
+    """write checkpoints/latest.pt every this many environment steps"""
+    resume: Optional[str] = None
+    """continue the run of this checkpoint (its own arguments are used; total-timesteps and the device flags may be changed)"""
+    progress_bar: bool = True
+    """show a tqdm progress bar"""
+
+    # ---- TD3 ----
+    save_buffer: bool = True
+    """save the replay buffer beside latest.pt, so --resume continues with it"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity (transitions)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target network smoothing coefficient (polyak)"""
+    batch_size: int = 256
+    """minibatch size of each gradient step"""
+    learning_starts: int = 25_000
+    """environment steps of uniformly random actions before learning starts"""
+    policy_lr: float = 3e-4
+    """learning rate of the actor"""
+    q_lr: float = 3e-4
+    """learning rate of the critics"""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """hidden layer widths of the actor and of each critic"""
+    noise_type: Literal["gaussian", "ou"] = "gaussian"
+    """exploration noise: independent Gaussian, or Ornstein-Uhlenbeck (temporally correlated)"""
+    exploration_noise: float = 0.1
+    """standard deviation of the exploration noise, as a fraction of each action dimension's half-range"""
+    policy_frequency: int = 2
+    """update the actor and the target networks once every this many critic updates"""
+    policy_noise: float = 0.2
+    """target policy smoothing: noise std, as a fraction of each action dimension's half-range"""
+    noise_clip: float = 0.5
+    """target policy smoothing: the noise is clipped to +-noise_clip times each dimension's half-range"""
+
+
+class ArgError(ValueError):
+    """Bad input: reported as one line, exit code 2, before any work."""
+
+
+def check_common_args(args: Args) -> None:
+    positive = ("torch_threads", "total_timesteps", "num_envs", "log_every", "eval_episodes", "checkpoint_every")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.eval_every < 0:
+        raise ArgError(f"--eval-every must be >= 0, got {args.eval_every}")
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgError("--cudagraphs needs CUDA (and not --no-cuda)")
+    if ":" not in args.env_id and args.env_id not in gym.registry:
+        close = difflib.get_close_matches(args.env_id, list(gym.registry), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ArgError(f"unknown env id {args.env_id!r}{hint}")
+
+
+def check_args(args: Args) -> None:
+    """Hyperparameters that cannot work, caught before any environment is built."""
+    check_common_args(args)
+    for name in ("buffer_size", "batch_size", "policy_lr", "q_lr", "tau", "policy_frequency"):
+        if not getattr(args, name) > 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("exploration_noise", "policy_noise", "noise_clip"):
+        if getattr(args, name) < 0:
+            raise ArgError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if any(h <= 0 for h in args.hidden_sizes) or not args.hidden_sizes:
+        raise ArgError(f"--hidden-sizes must be positive widths, got {args.hidden_sizes}")
+    if args.tau > 1:
+        raise ArgError(f"--tau must be in (0, 1], got {args.tau}")
+    if not 0 <= args.gamma <= 1:
+        raise ArgError(f"--gamma must be in [0, 1], got {args.gamma}")
+    if args.batch_size > args.buffer_size:
+        raise ArgError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
+    if not 0 <= args.learning_starts < args.total_timesteps:
+        raise ArgError(f"--learning-starts {args.learning_starts} must be in [0, --total-timesteps {args.total_timesteps})")
+
+
+def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+        raise ArgError(f"{env_id}: observation space {observation_space} is not a flat Box")
+    if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+        raise ArgError(f"{env_id}: action space {action_space} is not a Box; {ALGO} needs continuous actions")
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        raise ArgError(f"{env_id}: action space {action_space} is unbounded; {ALGO} needs finite bounds")
+
+
+def configure_headless_rendering() -> None:
+    """With no display: MuJoCo renders through EGL if present, else OSMesa (read when mujoco is first imported);
+    pygame (classic-control envs) draws offscreen."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    if not os.environ.get("MUJOCO_GL"):
+        os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "osmesa"
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+def make_env(env_id: str, seed: int, render_mode: Optional[str] = None) -> Callable[[], gym.Env]:
+    def thunk() -> gym.Env:
+        env = gym.make(env_id, render_mode=render_mode)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def crossed(step: int, every: int, stride: int) -> bool:
+    """True when the last `stride` steps passed a multiple of `every` (works when stride does not divide every)."""
+    return every > 0 and step // every > (step - stride) // every
+
+
+# ALGO LOGIC: networks
+def mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden_sizes:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    """Deterministic policy mu(s) = bias + scale * tanh(net(s)): obs (B, obs_dim) -> action (B, act_dim) inside [action_low, action_high]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low: list, action_high: list, hidden_sizes: tuple[int, ...] = (256, 256),
+                 exploration_noise: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(mlp(obs_dim, tuple(hidden_sizes)), nn.Linear(hidden_sizes[-1], act_dim))
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        # buffers: they follow .to(device) and are saved in the state_dict, per dimension (asymmetric bounds too)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+        self.register_buffer("exploration_std", exploration_noise * (high - low) / 2.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.action_bias + self.action_scale * torch.tanh(self.net(obs))
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """The common policy contract: deterministic is mu(s); else mu(s) plus Gaussian exploration noise, clipped to the bounds."""
+        if deterministic:
+            return self(obs)
+        mu = self(obs)
+        return explore(mu, torch.randn_like(mu), self.exploration_std, self.action_low, self.action_high)
+
+
+def explore(mu: torch.Tensor, unit_noise: torch.Tensor, noise_std: torch.Tensor, action_low: torch.Tensor, action_high: torch.Tensor) -> torch.Tensor:
+    """Behaviour action: mu + noise_std * unit_noise (per dimension), clipped to the action bounds."""
+    return torch.clamp(mu + noise_std * unit_noise, action_low, action_high)
+
+
+class OUNoise:
+    """Ornstein-Uhlenbeck process per env and dimension (Lillicrap et al. 2015: theta 0.15, unit variance in
+    the stationary limit here, scaled by exploration_std outside): x <- x - theta x dt + sqrt(2 theta dt) N(0, 1)."""
+
+    def __init__(self, num_envs: int, act_dim: int, device: torch.device, theta: float = 0.15, dt: float = 1.0):
+        self.theta, self.dt = theta, dt
+        self.state = torch.zeros(num_envs, act_dim, device=device)
+
+    def sample(self) -> torch.Tensor:
+        self.state += -self.theta * self.state * self.dt + math.sqrt(2 * self.theta * self.dt) * torch.randn_like(self.state)
+        return self.state
+
+    def reset(self, done: np.ndarray) -> None:
+        self.state[torch.as_tensor(done, device=self.state.device)] = 0.0
+
+
+class QEnsemble(nn.Module):
+    """`num_q` independent Q(s, a) MLPs evaluated as one batched network (baddbmm): returns (num_q, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (256, 256), num_q: int = 2):
+        super().__init__()
+        dims = [obs_dim + act_dim, *hidden_sizes, 1]
+        self.weights = nn.ParameterList([nn.Parameter(torch.empty(num_q, i, o)) for i, o in zip(dims[:-1], dims[1:])])
+        self.biases = nn.ParameterList([nn.Parameter(torch.empty(num_q, 1, o)) for o in dims[1:]])
+        for weight, bias in zip(self.weights, self.biases):  # nn.Linear's default init, per member
+            bound = 1.0 / math.sqrt(weight.shape[1])
+            nn.init.uniform_(weight, -bound, bound)
+            nn.init.uniform_(bias, -bound, bound)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """detach_params: gradients reach the actions but not the weights (the actor's loss)."""
+        x = torch.cat([obs, actions], -1).unsqueeze(0).expand(len(self.weights[0]), -1, -1)
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                weight, bias = weight.detach(), bias.detach()
+            x = torch.baddbmm(bias, x, weight)
+            if i < len(self.weights) - 1:
+                x = x.relu_()  # in place: baddbmm's backward does not need its output
+        return x.squeeze(-1)
+
+
+# ALGO LOGIC: storage
+class ReplayBuffer:
+    """Transitions in preallocated float32 tensors on the training device; uniform sampling with replacement."""
+
+    keys = ("obs", "actions", "rewards", "next_obs", "terminations")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.device, self.pos, self.size = capacity, device, 0, 0
+        shapes = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_obs": (obs_dim,), "terminations": ()}
+        self.data = {key: torch.zeros((capacity, *shapes[key]), dtype=torch.float32, device=device) for key in self.keys}
+
+    def add(self, obs, actions, rewards, next_obs, terminations) -> None:
+        """Store n transitions (arrays with a leading dimension n); `terminations` is 1 only where the MDP ended."""
+        n = len(obs)
+        if n == 0:
+            return
+        index = torch.as_tensor((self.pos + np.arange(n)) % self.capacity, device=self.device)
+        for key, value in zip(self.keys, (obs, actions, rewards, next_obs, terminations)):
+            self.data[key][index] = torch.as_tensor(np.asarray(value), dtype=torch.float32, device=self.device)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        index = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return tuple(self.data[key][index] for key in self.keys)
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos, "size": self.size, "capacity": self.capacity, **{k: v[: self.size].clone().cpu() for k, v in self.data.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            raise ArgError(f"the saved replay buffer holds {state['capacity']} transitions, --buffer-size is {self.capacity}")
+        self.pos, self.size = state["pos"], state["size"]
+        for key in self.keys:
+            self.data[key][: self.size] = state[key].to(self.device)
+
+
+def env_step(envs: gym.vector.VectorEnv, rb: ReplayBuffer, obs: np.ndarray, actions: np.ndarray, autoreset: np.ndarray):
+    """Step the vector env and store the real transitions. gymnasium >= 1.0 autoresets on the *next* step: an
+    env whose episode ended on the previous call is reset by this one, ignores its action and returns the first
+    observation of a new episode, so that step is not a transition and is not stored. A truncated episode's
+    last observation is the true final one: it is stored with termination 0, so the target bootstraps from it."""
+    next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+    real = ~autoreset
+    rb.add(obs[real], actions[real], rewards[real], next_obs[real], terminations[real])
+    return next_obs, infos, np.logical_or(terminations, truncations)
+
+
+# ALGO LOGIC: updates (pure functions: every input is an argument, outputs are tensors; torch.compile wraps them)
+def smoothed_target_actions(actor_target: Actor, next_obs: torch.Tensor, unit_noise: torch.Tensor, policy_noise: float, noise_clip: float) -> torch.Tensor:
+    """Target policy smoothing (Fujimoto et al. 2018, eq. 15): mu'(s') + clip(noise, -c, c), both scaled per dimension
+    by the half-range of the action, then clipped to the bounds."""
+    noise = torch.clamp(unit_noise * policy_noise, -noise_clip, noise_clip) * actor_target.action_scale
+    return torch.clamp(actor_target(next_obs) + noise, actor_target.action_low, actor_target.action_high)
+
+
+def td_target(rewards, terminations, next_q, gamma: float) -> torch.Tensor:
+    """r + gamma * (1 - terminated) * min_j Q'_j(s', a') (clipped double Q: Fujimoto et al. 2018, eq. 10)."""
+    return rewards + gamma * (1.0 - terminations) * next_q
+
+
+def update_critic(obs, actions, rewards, next_obs, terminations, actor_target: Actor, qf: QEnsemble, qf_target: QEnsemble,
+                  q_optimizer: torch.optim.Optimizer, gamma: float, policy_noise: float, noise_clip: float):
+    with torch.no_grad():
+        next_actions = smoothed_target_actions(actor_target, next_obs, torch.randn_like(actions), policy_noise, noise_clip)
+        next_q_value = td_target(rewards, terminations, qf_target(next_obs, next_actions).min(0).values, gamma)
+    qf_values = qf(obs, actions)
+    qf_loss = (qf_values - next_q_value).pow(2).mean(1).sum()  # sum over critics of each one's MSE
+    q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    q_optimizer.step()
+    return qf_loss.detach(), qf_values.detach().mean()
+
+
+def update_actor(obs, actor: Actor, qf: QEnsemble, actor_optimizer: torch.optim.Optimizer):
+    """Deterministic policy gradient through the first critic (Fujimoto et al. 2018, section 4.2)."""
+    actor_loss = -qf(obs, actor(obs), detach_params=True)[0].mean()
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+    return actor_loss.detach()
+
+
+@torch.no_grad()
+def polyak_update(target_params: list[torch.Tensor], params: list[torch.Tensor], tau: float) -> None:
+    """target <- (1 - tau) target + tau params, as one fused op over all tensors."""
+    torch._foreach_lerp_(target_params, params, tau)
+
+
+# checkpoints and evaluation (identical in every script)
+class CheckpointError(Exception):
+    """A file that is not a loadable checkpoint of this project."""
+
+
+def atomic_save(obj: dict, path: str) -> None:
+    """Write to a temporary file and rename it: a crash leaves the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> dict:
+    """torch.load with weights_only=True (tensors, numbers, strings, lists and dicts: nothing runs on load)."""
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise next to our own message
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
+    except Exception as e:  # torch raises several types for truncated, foreign or malicious files
+        reason = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
+        if "Unsupported global" in str(e) or "Weights only load failed" in str(e):
+            reason = "it holds objects that would run code when unpickled; refused"
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or not {"format_version", "algo", "env_id", "args", "policy"} <= checkpoint.keys():
+        raise CheckpointError(f"{path}: not a checkpoint of this project (a dict with format_version, algo, env_id, args, policy)")
+    if checkpoint["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {checkpoint['format_version']} is newer than this script's {FORMAT_VERSION}")
+    return checkpoint
+
+
+def get_rng_state(action_space: gym.Space) -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # plain lists: loadable with weights_only
+    return {
+        "python": random.getstate(),
+        "numpy": numpy_state,
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "action_space": action_space.np_random.bit_generator.state,
+    }
+
+
+def set_rng_state(state: dict, action_space: gym.Space) -> None:
+    random.setstate(state["python"])
+    numpy_state = dict(state["numpy"], state=dict(state["numpy"]["state"]))
+    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def merge_resume_args(saved: dict, cli: Args) -> Args:
+    """A resumed run keeps its saved arguments; these may be changed on the command line (a value other than the default wins)."""
+    changeable = ("total_timesteps", "cuda", "torch_threads", "compile", "cudagraphs", "track", "progress_bar", "save_buffer",
+                  "log_every", "eval_every", "checkpoint_every", "capture_video")
+    defaults = Args()
+    values = {f.name: saved.get(f.name, getattr(defaults, f.name)) for f in fields(Args)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # tuples are saved as lists
+    values.update({name: getattr(cli, name) for name in changeable if getattr(cli, name) != getattr(defaults, name)})
+    values["resume"] = cli.resume
+    return Args(**values)
+
+
+def write_video(path: str, frames: list, fps: int) -> None:
+    import imageio.v2 as imageio  # only needed with --capture-video
+
+    if path.endswith(".gif"):
+        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+    else:
+        imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+
+
+def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env: gym.Env, episodes: int, seed: int, video_path: Optional[str] = None) -> np.ndarray:
+    """Episode returns of act_fn on env (episode i starts from reset(seed=seed + i)); frames of the first episode go to video_path."""
+    returns, frames = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            if video_path is not None and episode == 0:
+                frames.append(env.render())
+            obs, reward, terminated, truncated, _ = env.step(act_fn(obs))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    if frames:
+        write_video(video_path, frames, env.metadata.get("render_fps", 30))
+    return np.asarray(returns)
+
+
+def make_act_fn(policy: nn.Module, obs_rms: Optional[dict], device: torch.device, deterministic: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """One observation (obs_dim,) -> one action (act_dim,). SAC does not normalise observations: obs_rms is None."""
+
+    def act_fn(obs: np.ndarray) -> np.ndarray:
+        obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
+        return policy.act(obs_tensor, deterministic)[0].cpu().numpy()
+
+    return act_fn
+
+
+def load_policy(checkpoint: dict, device: str = "cpu", deterministic: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """What enjoy.py calls: the policy of a checkpoint as a function of one observation."""
+    policy = Actor(**checkpoint["policy_kwargs"]).to(device)
+    policy.load_state_dict(checkpoint["policy"])
+    policy.eval()
+    return make_act_fn(policy, checkpoint["obs_rms"], torch.device(device), deterministic)
+
+
+def main() -> None:
+    cli = tyro.cli(Args)
+    try:
+        checkpoint = load_checkpoint(cli.resume) if cli.resume else None
+        if checkpoint is not None and checkpoint["algo"] != ALGO:
+            raise ArgError(f"{cli.resume} is a {checkpoint['algo']} checkpoint; resume it with {checkpoint['algo']}.py")
+        args = merge_resume_args(checkpoint["args"], cli) if checkpoint else cli
+        check_args(args)
+    except (ArgError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+    if checkpoint is not None:  # continue in the run directory that holds the checkpoint, wherever it was moved
+        run_name = checkpoint["run_name"]
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
+    else:
+        run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = os.path.join(args.runs_dir, run_name)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    configure_headless_rendering()
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+    # env setup
+    try:
+        envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+                                        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        eval_env = make_env(args.env_id, args.seed + 100_000, "rgb_array" if args.capture_video else None)()
+        check_spaces(args.env_id, envs.single_observation_space, envs.single_action_space)
+    except ArgError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # gym.make of a broken or unregistered env
+        print(f"error: cannot make env {args.env_id!r}: {e}", file=sys.stderr)
+        sys.exit(2)
+    envs.action_space.seed(args.seed)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+
+    # ALGO LOGIC: agent
+    policy_kwargs = {"obs_dim": obs_dim, "act_dim": act_dim, "hidden_sizes": list(args.hidden_sizes),
+                     "action_low": envs.single_action_space.low.tolist(), "action_high": envs.single_action_space.high.tolist(),
+                     "exploration_noise": args.exploration_noise}
+    actor = Actor(**policy_kwargs).to(device)
+    actor_target = Actor(**policy_kwargs).to(device)
+    actor_target.load_state_dict(actor.state_dict())
+    qf = QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=2).to(device)
+    qf_target = QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=2).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    # fused Adam: one kernel per step instead of a dozen per tensor (about 3x faster steps on the CPU);
+    # capturable keeps the step count on the device, which CUDA graphs need
+    adam = {"fused": True, "capturable": args.cudagraphs}
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, **adam)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, **adam)
+    ou_noise = OUNoise(args.num_envs, act_dim, device) if args.noise_type == "ou" else None
+    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
+    qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
+    actor_params, actor_target_params = list(actor.parameters()), list(actor_target.parameters())
+    # what --resume restores besides the policy and the replay buffer: objects with state_dict() and load_state_dict()
+    resume_objects = {"qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "actor_target": actor_target}
+
+    critic_step, actor_step = update_critic, update_actor
+    if args.compile or args.cudagraphs:
+        mode = "reduce-overhead" if args.cudagraphs else None
+        critic_step, actor_step = torch.compile(update_critic, mode=mode), torch.compile(update_actor, mode=mode)
+
+    global_step, num_updates, best_return, episodes_done = 0, 0, -math.inf, 0
+    if checkpoint is not None:
+        state = checkpoint["resume_state"]
+        actor.load_state_dict(checkpoint["policy"])
+        for name, obj in resume_objects.items():
+            obj.load_state_dict(state[name])
+        global_step, num_updates = checkpoint["global_step"], state["num_updates"]
+        best_return, episodes_done = state["best_return"], state["episodes_done"]
+        set_rng_state(state["rng"], envs.action_space)
+        buffer_file = state.get("buffer_file")
+        if buffer_file and os.path.exists(os.path.join(ckpt_dir, buffer_file)):
+            rb.load_state_dict(torch.load(os.path.join(ckpt_dir, buffer_file), map_location=device, weights_only=True))
+        elif global_step >= args.learning_starts:
+            print(f"warning: no replay buffer saved with {cli.resume}; learning continues from an empty buffer", file=sys.stderr)
+        print(f"resuming {run_name} at step {global_step}")
+
+    def save_checkpoint(name: str, with_buffer: bool = False) -> None:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        buffer_file = None
+        if with_buffer and args.save_buffer:
+            buffer_file = f"buffer_{global_step}.pt"
+            atomic_save(rb.state_dict(), os.path.join(ckpt_dir, buffer_file))
+        atomic_save({
+            "format_version": FORMAT_VERSION, "algo": ALGO, "env_id": args.env_id, "run_name": run_name,
+            "args": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items()},
+            "global_step": global_step, "policy_kwargs": policy_kwargs, "policy": actor.state_dict(), "obs_rms": None,
+            "resume_state": {
+                **{name: obj.state_dict() for name, obj in resume_objects.items()}, "num_updates": num_updates,
+                "best_return": best_return, "episodes_done": episodes_done, "rng": get_rng_state(envs.action_space),
+                "buffer_file": buffer_file,
+            },
+        }, os.path.join(ckpt_dir, name))
+        if with_buffer:  # the new latest.pt names its buffer: older buffers are no longer referenced
+            for old in os.listdir(ckpt_dir):
+                if old.startswith("buffer_") and old.endswith(".pt") and old != buffer_file:
+                    os.remove(os.path.join(ckpt_dir, old))
+
+    # logging (after arguments and envs are known to be good)
+    os.makedirs(run_dir, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=asdict(args),
+                   name=run_name, id=run_name, resume="allow", dir=run_dir, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step: anything an earlier process logged after the checkpoint we resume from is dropped, so no step appears twice
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if checkpoint else None)
+    if checkpoint is None:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+    video_dir = os.path.join(run_dir, "videos")
+    if args.capture_video:
+        os.makedirs(video_dir, exist_ok=True)
+
+    stop_signal: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stop_signal.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_signal.append(signum))
+
+    from tqdm import tqdm
+
+    progress = tqdm(total=args.total_timesteps, initial=global_step, disable=not args.progress_bar, unit="step", dynamic_ncols=True)
+    eval_act = make_act_fn(actor, None, device, deterministic=True)
+    obs, _ = envs.reset(seed=args.seed + global_step)
+    autoreset = np.zeros(args.num_envs, dtype=bool)
+    losses, actor_loss = None, None
+    last_return = float("nan")
+    start_step, start_time = global_step, time.time()
+    try:
+        while global_step < args.total_timesteps:
+            # ALGO LOGIC: act
+            if global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                with torch.no_grad():
+                    mu = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
+                    unit_noise = ou_noise.sample() if ou_noise is not None else torch.randn_like(mu)
+                    actions = explore(mu, unit_noise, actor.exploration_std, actor.action_low, actor.action_high).cpu().numpy()
+            next_obs, infos, autoreset = env_step(envs, rb, obs, actions, autoreset)
+            if ou_noise is not None:
+                ou_noise.reset(autoreset)  # a new episode starts a new noise process
+            obs = next_obs
+            global_step += args.num_envs
+            progress.update(args.num_envs)
+
+            if "episode" in infos:
+                for i in np.flatnonzero(infos["_episode"]):
+                    last_return = float(infos["episode"]["r"][i])
+                    episodes_done += 1
+                    writer.add_scalar("charts/episodic_return", last_return, global_step)
+                    writer.add_scalar("charts/episodic_length", int(infos["episode"]["l"][i]), global_step)
+
+            # ALGO LOGIC: training, one gradient step per transition collected
+            if global_step >= args.learning_starts:
+                for _ in range(args.num_envs):
+                    data = rb.sample(args.batch_size)
+                    qf_loss, qf_mean = critic_step(*data, actor_target, qf, qf_target, q_optimizer, args.gamma, args.policy_noise, args.noise_clip)
+                    num_updates += 1
+                    if num_updates % args.policy_frequency == 0:  # delayed policy and target updates (Fujimoto et al. 2018, section 5.2)
+                        actor_loss = actor_step(data[0], actor, qf, actor_optimizer)
+                        polyak_update(actor_target_params, actor_params, args.tau)
+                        polyak_update(qf_target_params, qf_params, args.tau)
+                losses = {"losses/qf_loss": qf_loss, "losses/qf_values": qf_mean}
+                if actor_loss is not None:  # the last actor loss, whether or not this step updated the actor
+                    losses["losses/actor_loss"] = actor_loss
+
+            if crossed(global_step, args.log_every, args.num_envs):
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                writer.add_scalar("charts/SPS", sps, global_step)
+                for tag, value in (losses or {}).items():  # .item() syncs with the device: only here
+                    writer.add_scalar(tag, value.item(), global_step)
+                progress.set_postfix(sps=sps, ret=f"{last_return:.1f}", refresh=False)
+                writer.flush()  # what a killed run logged is on disk up to here
+
+            done = global_step >= args.total_timesteps
+            if crossed(global_step, args.eval_every, args.num_envs) or done:
+                video_path = os.path.join(video_dir, f"eval_{global_step}.mp4") if args.capture_video else None
+                returns = evaluate(eval_act, eval_env, args.eval_episodes, args.seed + 100_000, video_path)
+                writer.add_scalar("eval/return_mean", returns.mean(), global_step)
+                writer.add_scalar("eval/return_std", returns.std(), global_step)
+                if returns.mean() > best_return:
+                    best_return = float(returns.mean())
+                    save_checkpoint("best.pt")
+            if crossed(global_step, args.checkpoint_every, args.num_envs) or done:
+                writer.flush()
+                save_checkpoint("latest.pt", with_buffer=True)
+            if stop_signal and not done:
+                writer.flush()
+                save_checkpoint("latest.pt", with_buffer=True)
+                progress.close()
+                print(f"\nstopped by signal {stop_signal[0]} at step {global_step}; continue with --resume {os.path.join(ckpt_dir, 'latest.pt')}", file=sys.stderr)
+                sys.exit(128 + stop_signal[0])
+        save_checkpoint("final.pt")
+    finally:
+        progress.close()
+        envs.close()
+        eval_env.close()
+        writer.close()
+        if args.track:
+            import wandb
+
+            wandb.finish()
+    print(f"done: {global_step} steps, best evaluation {best_return:.1f}, checkpoints in {ckpt_dir}")
+
+
+if __name__ == "__main__":
+    main()

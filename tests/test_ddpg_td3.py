@@ -1,0 +1,181 @@
+"""ddpg_continuous.py and td3_continuous.py: their pure pieces against plain references, then the scripts as a user runs them."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import ddpg_continuous as ddpg
+import td3_continuous as td3
+from conftest import read_scalars, run_script
+
+SCRIPTS = ["ddpg_continuous.py", "td3_continuous.py"]
+SMALL = ["--batch-size", 64, "--buffer-size", 5000, "--hidden-sizes", 64, 64, "--no-progress-bar"]
+LOW, HIGH = [-1.0, 0.0, 2.0], [3.0, 1.0, 5.0]
+
+
+def plain_mlp(x, layers):
+    """Reference forward pass of one critic member: a list of (weight (in, out), bias (out,)), ReLU between."""
+    for i, (weight, bias) in enumerate(layers):
+        x = x @ weight + bias
+        if i < len(layers) - 1:
+            x = np.maximum(x, 0)
+    return x
+
+
+def member(qf, j):
+    return [(w[j].detach().numpy(), b[j, 0].detach().numpy()) for w, b in zip(qf.weights, qf.biases)]
+
+
+def test_td3_target_matches_plain_reference():
+    torch.manual_seed(0)
+    actor_target = td3.Actor(4, 3, LOW, HIGH, (16,))
+    qf_target = td3.QEnsemble(4, 3, (16, 16), num_q=2)
+    rewards, terminations = torch.tensor([1.0, -0.5, 2.0]), torch.tensor([0.0, 1.0, 0.0])
+    next_obs, unit_noise = torch.randn(3, 4), torch.randn(3, 3) * 3
+    with torch.no_grad():
+        next_actions = td3.smoothed_target_actions(actor_target, next_obs, unit_noise, 0.2, 0.5)
+        target = td3.td_target(rewards, terminations, qf_target(next_obs, next_actions).min(0).values, 0.99)
+    scale, mid = (np.array(HIGH) - np.array(LOW)) / 2, (np.array(HIGH) + np.array(LOW)) / 2
+    for i in range(3):
+        mu = mid + scale * np.tanh(actor_target.net(next_obs[i]).detach().numpy())
+        noise = np.clip(unit_noise[i].numpy() * 0.2, -0.5, 0.5) * scale
+        action = np.clip(mu + noise, LOW, HIGH)
+        x = np.concatenate([next_obs[i].numpy(), action])
+        q = min(plain_mlp(x, member(qf_target, 0))[0], plain_mlp(x, member(qf_target, 1))[0])
+        expected = rewards[i].item() + 0.99 * (1 - terminations[i].item()) * q
+        assert target[i].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_ddpg_target_matches_plain_reference():
+    torch.manual_seed(1)
+    actor_target = ddpg.Actor(4, 3, LOW, HIGH, (16,))
+    qf_target = ddpg.QEnsemble(4, 3, (16, 16), num_q=1)
+    rewards, terminations, next_obs = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0]), torch.randn(2, 4)
+    with torch.no_grad():
+        target = ddpg.td_target(rewards, terminations, qf_target(next_obs, actor_target(next_obs))[0], 0.9)
+    scale, mid = (np.array(HIGH) - np.array(LOW)) / 2, (np.array(HIGH) + np.array(LOW)) / 2
+    for i in range(2):
+        action = mid + scale * np.tanh(actor_target.net(next_obs[i]).detach().numpy())
+        q = plain_mlp(np.concatenate([next_obs[i].numpy(), action]), member(qf_target, 0))[0]
+        assert target[i].item() == pytest.approx(rewards[i].item() + 0.9 * (1 - terminations[i].item()) * q, abs=1e-4)
+    assert target[1].item() == pytest.approx(3.0)  # terminated: no bootstrap
+
+
+def test_smoothing_noise_is_clipped_per_dimension():
+    actor_target = td3.Actor(2, 3, LOW, HIGH, (8,))
+    with torch.no_grad():
+        for p in actor_target.net.parameters():
+            p.zero_()  # mu(s) = the middle of each dimension: [1, 0.5, 3.5]
+    obs = torch.zeros(2, 2)
+    huge = torch.tensor([[100.0, 100.0, 100.0], [-100.0, -100.0, -100.0]])
+    actions = td3.smoothed_target_actions(actor_target, obs, huge, policy_noise=0.2, noise_clip=0.5)
+    # the clip is 0.5 times each dimension's own half-range [2, 0.5, 1.5], not the first dimension's
+    torch.testing.assert_close(actions, torch.tensor([[2.0, 0.75, 4.25], [0.0, 0.25, 2.75]]))
+    small = torch.tensor([[1.0, -1.0, 0.5]])
+    torch.testing.assert_close(td3.smoothed_target_actions(actor_target, obs[:1], small, 0.2, 0.5),
+                               torch.tensor([[1.0 + 0.2 * 2.0, 0.5 - 0.2 * 0.5, 3.5 + 0.1 * 1.5]]))
+
+
+@pytest.mark.parametrize("module", [ddpg, td3])
+def test_exploration_noise_stays_within_bounds(module):
+    actor = module.Actor(3, 3, LOW, HIGH, (16,), exploration_noise=0.5)
+    torch.testing.assert_close(actor.exploration_std, torch.tensor([1.0, 0.25, 0.75]))
+    obs = torch.randn(5000, 3) * 5
+    actions = actor.act(obs)
+    assert (actions >= torch.tensor(LOW)).all() and (actions <= torch.tensor(HIGH)).all()
+    assert (actions != actor.act(obs, deterministic=True)).any(1).float().mean() > 0.9  # the noise is there
+    torch.testing.assert_close(actor.act(obs, deterministic=True), actor(obs))
+    mu = torch.tensor([[2.9, 0.95, 4.9]])
+    clipped = module.explore(mu.expand(1000, 3), torch.randn(1000, 3) * 10, actor.exploration_std, actor.action_low, actor.action_high)
+    assert (clipped <= torch.tensor(HIGH)).all() and (clipped >= torch.tensor(LOW)).all()
+    assert (clipped == torch.tensor(HIGH)).any()
+
+
+def test_ou_noise_is_correlated_stationary_and_resets():
+    torch.manual_seed(0)
+    noise = ddpg.OUNoise(num_envs=2, act_dim=1, device=torch.device("cpu"))
+    samples = torch.stack([noise.sample().clone() for _ in range(20_000)])[1000:, 0, 0]
+    assert 0.8 < samples.std().item() < 1.3
+    lag1 = torch.corrcoef(torch.stack([samples[:-1], samples[1:]]))[0, 1].item()
+    assert lag1 == pytest.approx(0.85, abs=0.03)  # 1 - theta: temporally correlated, unlike Gaussian noise
+    noise.sample()
+    noise.reset(np.array([True, False]))
+    assert noise.state[0, 0] == 0 and noise.state[1, 0] != 0
+
+
+@pytest.mark.parametrize("module", [ddpg, td3])
+def test_actor_update_raises_q(module):
+    torch.manual_seed(0)
+    actor = module.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (32,))
+    qf = module.QEnsemble(3, 2, (32,), num_q=2)
+    optimizer = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    obs = torch.randn(64, 3)
+    before = qf(obs, actor(obs))[0].mean().item()
+    for _ in range(50):
+        module.update_actor(obs, actor, qf, optimizer)
+    assert qf(obs, actor(obs))[0].mean().item() > before
+    assert all(p.grad is None for p in qf.parameters())
+
+
+@pytest.fixture(scope="module", params=SCRIPTS)
+def smoke_run(request, tmp_path_factory):
+    """A short Pendulum run with --policy-frequency 3, which divides neither the log interval nor the steps."""
+    cwd = tmp_path_factory.mktemp(request.param.split("_")[0])
+    result = run_script(request.param, "--env-id", "Pendulum-v1", "--total-timesteps", 1000, "--learning-starts", 250,
+                        "--policy-frequency", 3, "--eval-every", 500, "--eval-episodes", 2, "--log-every", 100,
+                        "--checkpoint-every", 500, "--run-name", "smoke", *SMALL, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return request.param, cwd / "runs" / "smoke"
+
+
+def test_smoke_logs_every_loss_and_checkpoints(smoke_run):
+    script, run = smoke_run
+    scalars = read_scalars(str(run))
+    assert {"charts/episodic_return", "charts/SPS", "losses/qf_loss", "losses/actor_loss", "eval/return_mean", "eval/return_std"} <= set(scalars)
+    expected = list(range(300, 1001, 100))
+    assert [step for step, _ in scalars["losses/qf_loss"]] == expected
+    assert [step for step, _ in scalars["losses/actor_loss"]] == expected  # CleanRL's crashes here
+    ckpt = torch.load(run / "checkpoints" / "final.pt", weights_only=True)
+    assert ckpt["algo"] == script[:-3] and ckpt["global_step"] == 1000 and ckpt["obs_rms"] is None
+    assert ckpt["resume_state"]["num_updates"] == 1000 - 250 + 1
+    assert {"latest.pt", "best.pt", "buffer_1000.pt"} <= set(os.listdir(run / "checkpoints"))
+
+
+def test_enjoy_replays_ddpg_and_td3(smoke_run, tmp_path):
+    script, run = smoke_run
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    result = run_script("enjoy.py", run, "--episodes", 2, "--seed", 100_001, "--video", tmp_path / "out.mp4", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{script[:-3]} on Pendulum-v1" in result.stdout and os.path.getsize(tmp_path / "out.mp4") > 10_000
+    mean = float(result.stdout.split("mean return ")[1].split(" ")[0])
+    assert mean == pytest.approx(best["resume_state"]["best_return"], abs=0.01)  # no exploration noise in the replay
+    noisy = run_script("enjoy.py", run, "--episodes", 2, "--seed", 100_001, "--stochastic", cwd=tmp_path, timeout=300)
+    assert noisy.returncode == 0 and float(noisy.stdout.split("mean return ")[1].split(" ")[0]) != mean
+
+
+def test_ddpg_ou_noise_run(tmp_path):
+    result = run_script("ddpg_continuous.py", "--env-id", "Pendulum-v1", "--total-timesteps", 500, "--learning-starts", 200,
+                        "--noise-type", "ou", "--eval-episodes", 1, "--log-every", 100, "--run-name", "ou", *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [step for step, _ in read_scalars(str(tmp_path / "runs" / "ou"))["losses/actor_loss"]] == [200, 300, 400, 500]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_learns_pendulum_within_15k_steps(script, tmp_path):
+    result = run_script(script, "--env-id", "Pendulum-v1", "--total-timesteps", 15_000, "--learning-starts", 1000,
+                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1, "--run-name", "learn", "--no-progress-bar",
+                        cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = read_scalars(str(tmp_path / "runs" / "learn"))["eval/return_mean"]
+    assert evals[-1][0] == 15_000
+    assert evals[-1][1] >= -250, evals
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input(script, tmp_path):
+    for args, message in [(["--exploration-noise", -0.1], "--exploration-noise must be >= 0"),
+                          (["--policy-frequency", 0], "--policy-frequency must be positive"),
+                          (["--env-id", "CartPole-v1"], "is not a Box")]:
+        result = run_script(script, *args, cwd=tmp_path, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
