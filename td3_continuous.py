@@ -413,12 +413,12 @@ def set_rng_state(state: dict, action_space: gym.Space) -> None:
 
 def merge_resume_args(saved: dict, cli: Args) -> Args:
     """A resumed run keeps its saved arguments; these may be changed on the command line (a value other than the default wins)."""
-    changeable = ("total_timesteps", "cuda", "torch_threads", "compile", "cudagraphs", "track", "progress_bar", "save_buffer",
-                  "log_every", "eval_every", "checkpoint_every", "capture_video")
+    changeable = ("total_timesteps", "cuda", "torch_threads", "compile", "cudagraphs", "track", "progress_bar", "log_every",
+                  "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode")  # the last two: where the script has them
     defaults = Args()
     values = {f.name: saved.get(f.name, getattr(defaults, f.name)) for f in fields(Args)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # tuples are saved as lists
-    values.update({name: getattr(cli, name) for name in changeable if getattr(cli, name) != getattr(defaults, name)})
+    values.update({name: getattr(cli, name) for name in changeable if hasattr(cli, name) and getattr(cli, name) != getattr(defaults, name)})
     values["resume"] = cli.resume
     return Args(**values)
 

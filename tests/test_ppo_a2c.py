@@ -1,0 +1,197 @@
+"""ppo_continuous.py and a2c_continuous.py: GAE and normalisation against plain references, then the scripts as a user runs them."""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import a2c_continuous as a2c
+import ppo_continuous as ppo
+from conftest import read_scalars, run_script, start_script
+
+SCRIPTS = ["ppo_continuous.py", "a2c_continuous.py"]
+
+
+def reference_gae(rewards, values, next_value, terminations, truncations, real, gamma, lam):
+    """Plain per-episode GAE: split each env's real transitions into episodes, bootstrap a truncated episode from the
+    value of its final observation (the value computed on the following, autoreset, step), never a terminated one."""
+    T, N = rewards.shape
+    advantages = np.full((T, N), np.nan)
+    for n in range(N):
+        steps = [t for t in range(T) if real[t, n]]
+        episodes, current = [], []
+        for t in steps:
+            current.append(t)
+            if terminations[t, n] or truncations[t, n]:
+                episodes.append(current)
+                current = []
+        if current:
+            episodes.append(current)
+        for episode in episodes:
+            gae = 0.0
+            for t in reversed(episode):
+                v_next = values[t + 1, n] if t + 1 < T else next_value[n]
+                delta = rewards[t, n] + gamma * (0.0 if terminations[t, n] else v_next) - values[t, n]
+                ended = terminations[t, n] or truncations[t, n]
+                gae = delta + (0.0 if ended else gamma * lam * gae)
+                advantages[t, n] = gae
+    return advantages
+
+
+@pytest.mark.parametrize("lam", [0.95, 1.0])
+def test_gae_matches_per_episode_reference_with_truncation_and_termination(lam):
+    rng = np.random.default_rng(0)
+    T, N = 9, 3
+    rewards, values, next_value = rng.normal(size=(T, N)), rng.normal(size=(T, N)), rng.normal(size=N)
+    terminations, truncations = np.zeros((T, N), bool), np.zeros((T, N), bool)
+    truncations[2, 0] = True   # env 0: time limit at t=2, autoreset at t=3, then a new episode
+    terminations[5, 1] = True  # env 1: terminates at t=5, autoreset at t=6
+    truncations[8, 1] = True   # ... and truncated on the rollout's last step: bootstraps from next_value
+    terminations[0, 2] = True  # env 2: terminates at once, autoreset at t=1, terminates again at t=4
+    terminations[4, 2] = True
+    dones = terminations | truncations
+    real = np.ones((T, N), bool)
+    real[1:] = ~dones[:-1]
+    rewards[~real] = 0.0  # what an autoreset step returns
+    t = lambda x: torch.as_tensor(x, dtype=torch.float64)
+    for module in (ppo, a2c):
+        advantages, returns = module.compute_gae(t(rewards), t(values), t(next_value), t(terminations), t(dones), 0.99, lam)
+        expected = reference_gae(rewards, values, next_value, terminations, truncations, real, 0.99, lam)
+        np.testing.assert_allclose(advantages.numpy()[real], expected[real], rtol=1e-10)
+        np.testing.assert_allclose(returns.numpy()[real], (expected + values)[real], rtol=1e-10)
+    # the truncated step bootstraps from the final observation's value, the terminated one does not
+    assert expected[2, 0] == pytest.approx(rewards[2, 0] + 0.99 * values[3, 0] - values[2, 0])
+    assert expected[5, 1] == pytest.approx(rewards[5, 1] - values[5, 1])
+
+
+def test_running_mean_std_matches_numpy_and_round_trips():
+    rng = np.random.default_rng(1)
+    data = rng.normal(3.0, 2.0, size=(1000, 4))
+    rms = ppo.RunningMeanStd((4,), epsilon=0.0)
+    for chunk in np.array_split(data, 7):
+        rms.update(chunk)
+    np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-10)
+    copy = ppo.RunningMeanStd((4,))
+    copy.load_state_dict(torch.load(_save(rms.state_dict()), weights_only=True))
+    np.testing.assert_allclose(copy.mean, rms.mean)
+    np.testing.assert_allclose(copy.var, rms.var)
+    normalised = ppo.normalize_obs(data, rms.stats())
+    np.testing.assert_allclose(normalised.mean(0), 0, atol=1e-6)
+    np.testing.assert_allclose(normalised.std(0), 1, atol=1e-3)
+
+
+def _save(obj):
+    import tempfile
+
+    path = tempfile.mktemp(suffix=".pt")
+    torch.save(obj, path)
+    return path
+
+
+def test_reward_scaler_uses_the_discounted_return():
+    scaler = ppo.RewardScaler(num_envs=1, gamma=0.5)
+    real, not_done = np.array([True]), np.array([False])
+    for _ in range(200):
+        scaler(np.array([1.0]), not_done, real)
+    # returns converge to 1 / (1 - 0.5) = 2: their variance shrinks, so a reward of 1 is scaled up
+    assert scaler.returns[0] == pytest.approx(2.0)
+    assert scaler(np.array([1.0]), np.array([True]), real)[0] > 1.0
+    assert scaler.returns[0] == 0.0  # reset at the episode's end
+
+
+def test_agent_actions_respect_bounds_and_deterministic_is_the_mean():
+    agent = ppo.Agent(3, 2, [-1.0, 0.0], [1.0, 5.0], (16,))
+    obs = torch.randn(1000, 3)
+    actions = agent.act(obs)
+    assert (actions >= torch.tensor([-1.0, 0.0])).all() and (actions <= torch.tensor([1.0, 5.0])).all()
+    torch.testing.assert_close(agent.act(obs, deterministic=True), torch.clamp(agent.actor_mean(obs), agent.action_low, agent.action_high))
+    action, logprob, entropy, value = agent.get_action_and_value(obs[:4])
+    expected = torch.distributions.Normal(agent.actor_mean(obs[:4]), agent.actor_logstd.exp()).log_prob(action).sum(-1)
+    torch.testing.assert_close(logprob, expected)
+    assert value.shape == (4,) and entropy.shape == (4,)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("env_id, mode", [("Pendulum-v1", "sync"), ("Hopper-v4", "async"), ("InvertedPendulum-v5", "sync")])
+def test_smoke(script, env_id, mode, tmp_path):
+    steps = ["--num-steps", 64, "--num-envs", 2, "--total-timesteps", 384] if script.startswith("ppo") else ["--num-steps", 8, "--num-envs", 4, "--total-timesteps", 384]
+    result = run_script(script, "--env-id", env_id, "--vector-mode", mode, *steps, "--eval-every", 128, "--eval-episodes", 1,
+                        "--log-every", 1, "--run-name", "smoke", "--no-progress-bar", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scalars = read_scalars(str(tmp_path / "runs" / "smoke"))
+    tags = {"charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/explained_variance",
+            "eval/return_mean", "eval/return_std"}
+    if script.startswith("ppo"):
+        tags |= {"losses/approx_kl", "losses/clipfrac"}
+    assert tags <= set(scalars)
+    assert len(scalars["losses/policy_loss"]) >= 2 and len(scalars["eval/return_mean"]) >= 2
+    lrs = [value for _, value in scalars["charts/learning_rate"]]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]  # annealed
+    ckpt = torch.load(tmp_path / "runs" / "smoke" / "checkpoints" / "final.pt", weights_only=True)
+    assert ckpt["algo"] == script[:-3] and ckpt["global_step"] == 384
+    assert ckpt["obs_rms"]["mean"].shape == (ckpt["policy_kwargs"]["obs_dim"],) and ckpt["obs_rms"]["count"] > 384
+
+
+@pytest.mark.parametrize("script, budget, extra", [("ppo_continuous.py", 100_000, []), ("a2c_continuous.py", 200_000, [])])
+def test_learns_inverted_pendulum_and_enjoy_reproduces_it(script, budget, extra, tmp_path):
+    result = run_script(script, "--env-id", "InvertedPendulum-v4", "--total-timesteps", budget, "--eval-every", budget // 4,
+                        "--seed", 1, "--run-name", "learn", "--no-progress-bar", *extra, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = read_scalars(str(tmp_path / "runs" / "learn"))["eval/return_mean"]
+    assert evals[-1][1] >= 950, evals
+    # the saved policy replays with its frozen normalisation: within 10% of the run's own last evaluation
+    replay = run_script("enjoy.py", tmp_path / "runs" / "learn" / "checkpoints" / "final.pt", "--episodes", 5, cwd=tmp_path, timeout=300)
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    mean = float(replay.stdout.split("mean return ")[1].split(" ")[0])
+    assert mean >= 0.9 * evals[-1][1]
+
+
+def test_enjoy_needs_the_normalisation_statistics(tmp_path):
+    """A PPO policy trained on normalised observations, replayed without its statistics, does much worse: the statistics matter."""
+    result = run_script("ppo_continuous.py", "--env-id", "InvertedPendulum-v4", "--total-timesteps", 40_960, "--eval-every", 40_960,
+                        "--seed", 2, "--run-name", "norm", "--no-progress-bar", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "runs" / "norm" / "checkpoints" / "final.pt", weights_only=True)
+    import gymnasium as gym
+
+    def score(obs_rms):
+        policy = ppo.load_policy(dict(ckpt, obs_rms=obs_rms))
+        env = gym.make("InvertedPendulum-v4")
+        return np.mean(ppo.evaluate(policy, env, 3, seed=0))
+
+    with_stats, without = score(ckpt["obs_rms"]), score({"mean": torch.zeros_like(ckpt["obs_rms"]["mean"]), "var": torch.ones_like(ckpt["obs_rms"]["var"]), "count": 1.0})
+    assert with_stats > 500 and without < 0.5 * with_stats
+
+
+def test_ppo_resume_after_sigkill_restores_normalisation(tmp_path):
+    common = ["--env-id", "Pendulum-v1", "--total-timesteps", 6144, "--num-steps", 512, "--checkpoint-every", 1024,
+              "--log-every", 1, "--eval-every", 2048, "--eval-episodes", 1, "--run-name", "killed", "--no-progress-bar"]
+    proc = start_script("ppo_continuous.py", *common, cwd=tmp_path)
+    latest = tmp_path / "runs" / "killed" / "checkpoints" / "latest.pt"
+    deadline = time.time() + 300
+    while not (latest.exists() and torch.load(latest, weights_only=True)["global_step"] >= 2048) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(latest, weights_only=True)
+    assert 2048 <= saved["global_step"] < 6144
+    result = run_script("ppo_continuous.py", "--resume", latest, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = torch.load(tmp_path / "runs" / "killed" / "checkpoints" / "final.pt", weights_only=True)
+    assert final["global_step"] == 6144
+    assert final["obs_rms"]["count"] > saved["obs_rms"]["count"] > 2048  # the statistics went on from the saved ones
+    steps = [step for step, _ in read_scalars(str(tmp_path / "runs" / "killed"))["losses/value_loss"]]
+    assert steps == list(range(512, 6145, 512))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input(script, tmp_path):
+    for args, message in [(["--num-steps", 0], "--num-steps must be positive"),
+                          (["--gae-lambda", 1.5], "--gae-lambda must be in [0, 1]"),
+                          (["--total-timesteps", 10], "is more than --total-timesteps 10"),
+                          (["--env-id", "CartPole-v1"], "is not a Box")]:
+        result = run_script(script, *args, cwd=tmp_path, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
