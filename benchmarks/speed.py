@@ -6,7 +6,7 @@ Each configuration trains in its own process with one torch thread, at the same 
 defaults: 256x256 networks, batch 256, one gradient step per env step, its learning rates, noise and delays).
 SPS is measured after learning starts, from step `learning-starts` to the last step, so only steps that include
 an update count. The configurations run one after another, `repeats` times interleaved; the median is reported.
-Needs stable-baselines3 (requirements-dev.txt)."""
+Needs stable-baselines3: pip install -r requirements-bench.txt."""
 import argparse
 import json
 import os
@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SB3_PROGRAM = r"""
 import json, sys, time
 import gymnasium as gym, numpy as np, torch
-from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import NormalActionNoise
 algo, env_id, steps, learning_starts, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -34,10 +34,15 @@ if algo == "sac":
 elif algo == "td3":
     model = TD3("MlpPolicy", env, learning_rate=3e-4, action_noise=noise, policy_delay=2, target_policy_noise=0.2,
                 target_noise_clip=0.5, **common)
-else:
+elif algo == "ddpg":
     model = DDPG("MlpPolicy", env, learning_rate=1e-3, action_noise=noise, **common)
+else:  # on-policy: Stable-Baselines3 at its defaults, every step counts (learning_starts is 0)
+    model = {"ppo": PPO, "a2c": A2C}[algo]("MlpPolicy", env, seed=seed, device="cpu")
 
 class Clock(BaseCallback):
+    def _on_training_start(self):
+        self.start = time.perf_counter()
+
     def _on_step(self):
         if self.num_timesteps == learning_starts:
             self.start = time.perf_counter()
@@ -54,13 +59,15 @@ def ours(script: str, env_id: str, steps: int, learning_starts: int, seed: int, 
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--total-timesteps", str(steps),
-               "--learning-starts", str(learning_starts), "--seed", str(seed), "--log-every", "250", "--eval-every", "0",
-               "--eval-episodes", "1", "--checkpoint-every", str(10 * steps), "--no-save-buffer", "--no-progress-bar",
-               "--runs-dir", tmp, "--run-name", "speed", *extra]
+               "--seed", str(seed), "--log-every", "250", "--eval-every", "0", "--eval-episodes", "1",
+               "--checkpoint-every", str(10 * steps), "--no-progress-bar", "--runs-dir", tmp, "--run-name", "speed", *extra]
+        if learning_starts > 0:  # the off-policy scripts
+            cmd += ["--learning-starts", str(learning_starts), "--no-save-buffer"]
         subprocess.run(cmd, check=True, capture_output=True)
         acc = EventAccumulator(os.path.join(tmp, "speed"), size_guidance={"scalars": 0})
         acc.Reload()
-        events = [e for e in acc.Scalars("losses/qf_loss") if e.step >= learning_starts]
+        tag = "losses/qf_loss" if "losses/qf_loss" in acc.Tags()["scalars"] else "losses/value_loss"
+        events = [e for e in acc.Scalars(tag) if e.step >= learning_starts]
     # wall time of the first and last loss log after learning starts (the final evaluation comes after the last)
     return (events[-1].step - events[0].step) / (events[-1].wall_time - events[0].wall_time)
 
@@ -73,13 +80,15 @@ def sb3(algo: str, env_id: str, steps: int, learning_starts: int, seed: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algo", choices=["sac", "td3", "ddpg"], default="sac")
+    parser.add_argument("--algo", choices=["sac", "td3", "ddpg", "ppo", "a2c"], default="sac")
     parser.add_argument("--env-id", default="HalfCheetah-v4")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="skip the --compile configuration")
     args = parser.parse_args()
+    if args.algo in ("ppo", "a2c"):  # on-policy: every step counts, from the first update on
+        args.learning_starts = 0
 
     script, baseline_name = f"{args.algo}_continuous.py", f"stable-baselines3 {args.algo.upper()}"
     configs = {f"{script} (eager)": lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, []),

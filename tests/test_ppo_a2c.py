@@ -1,5 +1,4 @@
 """ppo_continuous.py and a2c_continuous.py: GAE and normalisation against plain references, then the scripts as a user runs them."""
-import os
 import signal
 import time
 
@@ -66,7 +65,7 @@ def test_gae_matches_per_episode_reference_with_truncation_and_termination(lam):
     assert expected[5, 1] == pytest.approx(rewards[5, 1] - values[5, 1])
 
 
-def test_running_mean_std_matches_numpy_and_round_trips():
+def test_running_mean_std_matches_numpy_and_round_trips(tmp_path):
     rng = np.random.default_rng(1)
     data = rng.normal(3.0, 2.0, size=(1000, 4))
     rms = ppo.RunningMeanStd((4,), epsilon=0.0)
@@ -75,20 +74,13 @@ def test_running_mean_std_matches_numpy_and_round_trips():
     np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-10)
     np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-10)
     copy = ppo.RunningMeanStd((4,))
-    copy.load_state_dict(torch.load(_save(rms.state_dict()), weights_only=True))
+    torch.save(rms.state_dict(), tmp_path / "rms.pt")
+    copy.load_state_dict(torch.load(tmp_path / "rms.pt", weights_only=True))
     np.testing.assert_allclose(copy.mean, rms.mean)
     np.testing.assert_allclose(copy.var, rms.var)
     normalised = ppo.normalize_obs(data, rms.stats())
     np.testing.assert_allclose(normalised.mean(0), 0, atol=1e-6)
     np.testing.assert_allclose(normalised.std(0), 1, atol=1e-3)
-
-
-def _save(obj):
-    import tempfile
-
-    path = tempfile.mktemp(suffix=".pt")
-    torch.save(obj, path)
-    return path
 
 
 def test_reward_scaler_uses_the_discounted_return():
