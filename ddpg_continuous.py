@@ -2,6 +2,7 @@
 import ctypes.util
 import difflib
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -158,6 +159,9 @@ def configure_headless_rendering() -> None:
 
 def make_env(env_id: str, seed: int, render_mode: Optional[str] = None) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
+        if multiprocessing.parent_process() is not None:  # an async worker: Ctrl-C is the main process's to handle
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         env = gym.make(env_id, render_mode=render_mode)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         env.action_space.seed(seed)
@@ -329,6 +333,14 @@ def update_actor(obs, actor: Actor, qf: QEnsemble, actor_optimizer: torch.optim.
     return actor_loss.detach()
 
 
+def cloned_outputs(fn: Callable) -> Callable:
+    def wrapper(*args):
+        out = fn(*args)
+        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+
+    return wrapper
+
+
 @torch.no_grad()
 def polyak_update(target_params: list[torch.Tensor], params: list[torch.Tensor], tau: float) -> None:
     """target <- (1 - tau) target + tau params, as one fused op over all tensors."""
@@ -399,16 +411,19 @@ def set_rng_state(state: dict, action_space: gym.Space) -> None:
     action_space.np_random.bit_generator.state = state["action_space"]
 
 
-def merge_resume_args(saved: dict, cli: Args) -> Args:
-    """A resumed run keeps its saved arguments; these may be changed on the command line (a value other than the default wins)."""
-    changeable = ("total_timesteps", "cuda", "torch_threads", "compile", "cudagraphs", "track", "progress_bar", "log_every",
-                  "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode")  # the last two: where the script has them
+def resume_args(saved: dict, argv: Optional[list] = None) -> Args:
+    """The arguments of a resumed run: the saved ones, with the command line read again on top of them. Only the
+    budget and the device, logging and checkpoint options may change; anything else is refused."""
+    changeable = {"total_timesteps", "cuda", "torch_threads", "compile", "cudagraphs", "track", "progress_bar", "log_every",
+                  "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode", "resume"}
     defaults = Args()
     values = {f.name: saved.get(f.name, getattr(defaults, f.name)) for f in fields(Args)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # tuples are saved as lists
-    values.update({name: getattr(cli, name) for name in changeable if hasattr(cli, name) and getattr(cli, name) != getattr(defaults, name)})
-    values["resume"] = cli.resume
-    return Args(**values)
+    saved_args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})  # tuples are saved as lists
+    args = tyro.cli(Args, default=saved_args, args=argv)
+    for f in fields(Args):
+        if f.name not in changeable and getattr(args, f.name) != getattr(saved_args, f.name):
+            raise ArgError(f"--{f.name.replace('_', '-')} cannot change when resuming (saved: {getattr(saved_args, f.name)!r}); start a new run instead")
+    return args
 
 
 def write_video(path: str, frames: list, fps: int) -> None:
@@ -462,15 +477,18 @@ def main() -> None:
         checkpoint = load_checkpoint(cli.resume) if cli.resume else None
         if checkpoint is not None and checkpoint["algo"] != ALGO:
             raise ArgError(f"{cli.resume} is a {checkpoint['algo']} checkpoint; resume it with {checkpoint['algo']}.py")
-        args = merge_resume_args(checkpoint["args"], cli) if checkpoint else cli
+        args = resume_args(checkpoint["args"]) if checkpoint else cli
         check_args(args)
     except (ArgError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
-    if checkpoint is not None:  # continue in the run directory that holds the checkpoint, wherever it was moved
+    resume_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else ""
+    if checkpoint is not None and os.path.basename(resume_dir) == "checkpoints":  # the run directory that holds it, wherever it was moved
+        run_name, run_dir = checkpoint["run_name"], os.path.dirname(resume_dir)
+    elif checkpoint is not None:
         run_name = checkpoint["run_name"]
-        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
+        run_dir = os.path.join(args.runs_dir, run_name)
     else:
         run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = os.path.join(args.runs_dir, run_name)
@@ -491,11 +509,14 @@ def main() -> None:
                                         autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         eval_env = make_env(args.env_id, args.seed + 100_000, "rgb_array" if args.capture_video else None)()
         check_spaces(args.env_id, envs.single_observation_space, envs.single_action_space)
+        if args.capture_video:  # fail now, not at the first evaluation, if frames cannot be rendered
+            eval_env.reset(seed=args.seed)
+            eval_env.render()
     except ArgError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # gym.make of a broken or unregistered env
-        print(f"error: cannot make env {args.env_id!r}: {e}", file=sys.stderr)
+        print(f"error: cannot make{' or render' if args.capture_video else ''} env {args.env_id!r}: {e}", file=sys.stderr)
         sys.exit(2)
     envs.action_space.seed(args.seed)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
@@ -527,6 +548,8 @@ def main() -> None:
     if args.compile or args.cudagraphs:
         mode = "reduce-overhead" if args.cudagraphs else None
         critic_step, actor_step = torch.compile(update_critic, mode=mode), torch.compile(update_actor, mode=mode)
+    if args.cudagraphs:  # a CUDA graph overwrites its outputs when it runs again: keep copies of the metrics
+        critic_step, actor_step = cloned_outputs(critic_step), cloned_outputs(actor_step)
 
     global_step, num_updates, best_return, episodes_done = 0, 0, -math.inf, 0
     if checkpoint is not None:
@@ -536,6 +559,8 @@ def main() -> None:
             obj.load_state_dict(state[name])
         global_step, num_updates = checkpoint["global_step"], state["num_updates"]
         best_return, episodes_done = state["best_return"], state["episodes_done"]
+        if os.path.exists(os.path.join(ckpt_dir, "best.pt")):  # evaluations may have come after the last latest.pt
+            best_return = max(best_return, load_checkpoint(os.path.join(ckpt_dir, "best.pt"))["resume_state"]["best_return"])
         set_rng_state(state["rng"], envs.action_space)
         buffer_file = state.get("buffer_file")
         if buffer_file and os.path.exists(os.path.join(ckpt_dir, buffer_file)):
@@ -644,11 +669,11 @@ def main() -> None:
             done = global_step >= args.total_timesteps
             if crossed(global_step, args.eval_every, args.num_envs) or done:
                 video_path = os.path.join(video_dir, f"eval_{global_step}.mp4") if args.capture_video else None
-                returns = evaluate(eval_act, eval_env, args.eval_episodes, args.seed + 100_000, video_path)
-                writer.add_scalar("eval/return_mean", returns.mean(), global_step)
-                writer.add_scalar("eval/return_std", returns.std(), global_step)
-                if returns.mean() > best_return:
-                    best_return = float(returns.mean())
+                eval_returns = evaluate(eval_act, eval_env, args.eval_episodes, args.seed + 100_000, video_path)
+                writer.add_scalar("eval/return_mean", eval_returns.mean(), global_step)
+                writer.add_scalar("eval/return_std", eval_returns.std(), global_step)
+                if eval_returns.mean() > best_return:
+                    best_return = float(eval_returns.mean())
                     save_checkpoint("best.pt")
             if crossed(global_step, args.checkpoint_every, args.num_envs) or done:
                 writer.flush()

@@ -88,6 +88,8 @@ def main() -> None:
             raise EnjoyError(f"--episodes must be positive, got {args.episodes}")
         if args.video is not None and not args.video.endswith((".mp4", ".gif")):
             raise EnjoyError(f"--video must end in .mp4 or .gif, got {args.video}")
+        if args.render == "human" and args.video is not None:
+            raise EnjoyError("--render human and --video exclude each other (a window's frames are not returned); choose one")
         if args.render == "human" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise EnjoyError("--render human needs a display; use --video out.mp4 to watch it headless")
         path = resolve_checkpoint(args.checkpoint)

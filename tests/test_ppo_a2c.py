@@ -1,4 +1,5 @@
 """ppo_continuous.py and a2c_continuous.py: GAE and normalisation against plain references, then the scripts as a user runs them."""
+import os
 import signal
 import time
 
@@ -159,7 +160,7 @@ def test_enjoy_needs_the_normalisation_statistics(tmp_path):
 
 
 def test_ppo_resume_after_sigkill_restores_normalisation(tmp_path):
-    common = ["--env-id", "Pendulum-v1", "--total-timesteps", 6144, "--num-steps", 512, "--checkpoint-every", 1024,
+    common = ["--env-id", "Pendulum-v1", "--total-timesteps", 6144, "--num-envs", 2, "--num-steps", 256, "--checkpoint-every", 1024,
               "--log-every", 1, "--eval-every", 2048, "--eval-episodes", 1, "--run-name", "killed", "--no-progress-bar"]
     proc = start_script("ppo_continuous.py", *common, cwd=tmp_path)
     latest = tmp_path / "runs" / "killed" / "checkpoints" / "latest.pt"
@@ -187,3 +188,25 @@ def test_bad_input(script, tmp_path):
                           (["--env-id", "CartPole-v1"], "is not a Box")]:
         result = run_script(script, *args, cwd=tmp_path, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_ctrl_c_with_async_workers_saves_latest(tmp_path):
+    """Ctrl-C reaches the whole process group, workers included: the workers ignore it and the main process saves."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, script_env
+
+    cmd = [sys.executable, os.path.join(ROOT, "ppo_continuous.py"), "--env-id", "Pendulum-v1", "--vector-mode", "async",
+           "--num-envs", 2, "--num-steps", 128, "--total-timesteps", 1_000_000, "--log-every", 1, "--run-name", "ctrlc", "--no-progress-bar"]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=script_env(), start_new_session=True)
+    run = tmp_path / "runs" / "ctrlc"
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and not (run.exists() and read_scalars(str(run)).get("losses/value_loss")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGINT, output[-2000:]
+    assert "Traceback" not in output
+    assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["global_step"] >= 256

@@ -224,6 +224,8 @@ def test_enjoy_refuses_bad_checkpoints(pendulum_run, tmp_path):
         assert result.returncode == 2, (name, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, (name, result.stderr)
     assert not (tmp_path / "pwned").exists()
+    both = run_script("enjoy.py", pendulum_run, "--render", "human", "--video", tmp_path / "x.mp4", cwd=tmp_path, timeout=120)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
 
 
 def test_enjoy_env_override_checks_shapes(pendulum_run, tmp_path):

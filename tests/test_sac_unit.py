@@ -264,12 +264,15 @@ def test_load_checkpoint_refuses_bad_files(tmp_path):
         sac.load_checkpoint(str(tmp_path / "missing.pt"))
 
 
-def test_merge_resume_args_keeps_saved_hyperparameters():
-    saved = {**vars(sac.Args(env_id="Pendulum-v1", total_timesteps=1000, batch_size=32)), "hidden_sizes": [64, 64]}
-    merged = sac.merge_resume_args(saved, sac.Args(resume="x.pt"))
-    assert (merged.env_id, merged.total_timesteps, merged.batch_size, merged.hidden_sizes) == ("Pendulum-v1", 1000, 32, (64, 64))
-    merged = sac.merge_resume_args(saved, sac.Args(resume="x.pt", total_timesteps=5000, batch_size=512))
-    assert merged.total_timesteps == 5000 and merged.batch_size == 32 and merged.resume == "x.pt"
+def test_resume_args_keep_saved_hyperparameters_and_refuse_changes():
+    saved = {**vars(sac.Args(env_id="Pendulum-v1", total_timesteps=1000, batch_size=32, cuda=False)), "hidden_sizes": [64, 64]}
+    args = sac.resume_args(saved, ["--resume", "x.pt"])
+    assert (args.env_id, args.total_timesteps, args.batch_size, args.hidden_sizes, args.cuda) == ("Pendulum-v1", 1000, 32, (64, 64), False)
+    # the budget and the device may change, to the default value too
+    args = sac.resume_args(saved, ["--resume", "x.pt", "--total-timesteps", "5000", "--cuda"])
+    assert args.total_timesteps == 5000 and args.cuda and args.resume == "x.pt" and args.batch_size == 32
+    with pytest.raises(sac.ArgError, match="--batch-size cannot change when resuming"):
+        sac.resume_args(saved, ["--resume", "x.pt", "--batch-size", "512"])
 
 
 @pytest.mark.parametrize("change, message", [
