@@ -85,8 +85,8 @@ class Args:
     """GAE lambda (1.0: plain n-step returns)"""
     norm_adv: bool = False
     """normalise the advantages of each rollout"""
-    ent_coef: float = 0.01
-    """entropy bonus coefficient"""
+    ent_coef: float = 0.0
+    """entropy bonus coefficient (0, as Stable-Baselines3: with a state-independent std, 0.01 let the std grow past 4 on HalfCheetah)"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
