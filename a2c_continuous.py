@@ -134,6 +134,8 @@ def check_args(args: Args) -> None:
     for name in ("gamma", "gae_lambda"):
         if not 0 <= getattr(args, name) <= 1:
             raise ArgError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.compile or args.cudagraphs:  # the update loops over small minibatches; nothing to gain measured yet
+        raise ArgError(f"--compile and --cudagraphs are not supported by {ALGO} yet")
     if args.num_steps * args.num_envs > args.total_timesteps:
         raise ArgError(f"one rollout (--num-steps {args.num_steps} x --num-envs {args.num_envs}) is more than --total-timesteps {args.total_timesteps}")
 

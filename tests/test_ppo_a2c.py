@@ -185,7 +185,8 @@ def test_bad_input(script, tmp_path):
     for args, message in [(["--num-steps", 0], "--num-steps must be positive"),
                           (["--gae-lambda", 1.5], "--gae-lambda must be in [0, 1]"),
                           (["--total-timesteps", 10], "is more than --total-timesteps 10"),
-                          (["--env-id", "CartPole-v1"], "is not a Box")]:
+                          (["--env-id", "CartPole-v1"], "is not a Box"),
+                          (["--compile"], "not supported")]:
         result = run_script(script, *args, cwd=tmp_path, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
 
