@@ -179,3 +179,13 @@ def test_bad_input(script, tmp_path):
                           (["--env-id", "CartPole-v1"], "is not a Box")]:
         result = run_script(script, *args, cwd=tmp_path, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+@pytest.mark.parametrize("script", ["sac_continuous.py", *SCRIPTS])
+def test_compile_path_trains(script, tmp_path):
+    """--compile puts the updates through torch.compile (inductor on the CPU): the run trains, logs and saves."""
+    result = run_script(script, "--env-id", "Pendulum-v1", "--total-timesteps", 400, "--learning-starts", 200, "--eval-episodes", 1,
+                        "--log-every", 100, "--compile", "--run-name", "compiled", *SMALL, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = read_scalars(str(tmp_path / "runs" / "compiled"))["losses/qf_loss"]
+    assert [step for step, _ in losses] == [200, 300, 400] and all(np.isfinite(value) for _, value in losses)
