@@ -483,15 +483,10 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
-    resume_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else ""
-    if checkpoint is not None and os.path.basename(resume_dir) == "checkpoints":  # the run directory that holds it, wherever it was moved
-        run_name, run_dir = checkpoint["run_name"], os.path.dirname(resume_dir)
-    elif checkpoint is not None:
-        run_name = checkpoint["run_name"]
-        run_dir = os.path.join(args.runs_dir, run_name)
-    else:
-        run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = os.path.join(args.runs_dir, run_name)
+    run_name = checkpoint["run_name"] if checkpoint else args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.runs_dir, run_name)
+    if checkpoint is not None and os.path.basename(os.path.dirname(os.path.abspath(args.resume))) == "checkpoints":
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))  # the run that holds it, wherever it was moved
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     configure_headless_rendering()
 
