@@ -27,6 +27,13 @@ def start_script(script, *args, cwd, env=None):
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or script_env())
 
 
+def train_evals(script, cwd, *args, timeout=900):
+    """Train a script to the end in cwd/runs/learn and return its eval/return_mean curve [(step, value), ...]."""
+    result = run_script(script, *args, "--run-name", "learn", "--no-progress-bar", cwd=cwd, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return read_scalars(str(cwd / "runs" / "learn"))["eval/return_mean"]
+
+
 def read_scalars(run_dir):
     """{tag: [(step, value), ...]} as TensorBoard shows it (purged steps of a resumed run are dropped)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -7,7 +7,7 @@ import torch
 
 import ddpg_continuous as ddpg
 import td3_continuous as td3
-from conftest import read_scalars, run_script
+from conftest import read_scalars, run_script, train_evals
 
 SCRIPTS = ["ddpg_continuous.py", "td3_continuous.py"]
 SMALL = ["--batch-size", 64, "--buffer-size", 5000, "--hidden-sizes", 64, 64, "--no-progress-bar"]
@@ -163,11 +163,8 @@ def test_ddpg_ou_noise_run(tmp_path):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_learns_pendulum_within_15k_steps(script, tmp_path):
-    result = run_script(script, "--env-id", "Pendulum-v1", "--total-timesteps", 15_000, "--learning-starts", 1000,
-                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1, "--run-name", "learn", "--no-progress-bar",
-                        cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    evals = read_scalars(str(tmp_path / "runs" / "learn"))["eval/return_mean"]
+    evals = train_evals(script, tmp_path, "--env-id", "Pendulum-v1", "--total-timesteps", 15_000, "--learning-starts", 1000,
+                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1)
     assert evals[-1][0] == 15_000
     assert evals[-1][1] >= -250, evals
 

@@ -9,7 +9,7 @@ import torch
 
 import a2c_continuous as a2c
 import ppo_continuous as ppo
-from conftest import read_scalars, run_script, start_script
+from conftest import read_scalars, run_script, start_script, train_evals
 
 SCRIPTS = ["ppo_continuous.py", "a2c_continuous.py"]
 
@@ -130,10 +130,8 @@ def test_smoke(script, env_id, mode, tmp_path):
 
 @pytest.mark.parametrize("script, budget, extra", [("ppo_continuous.py", 100_000, []), ("a2c_continuous.py", 200_000, [])])
 def test_learns_inverted_pendulum_and_enjoy_reproduces_it(script, budget, extra, tmp_path):
-    result = run_script(script, "--env-id", "InvertedPendulum-v4", "--total-timesteps", budget, "--eval-every", budget // 4,
-                        "--seed", 1, "--run-name", "learn", "--no-progress-bar", *extra, cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    evals = read_scalars(str(tmp_path / "runs" / "learn"))["eval/return_mean"]
+    evals = train_evals(script, tmp_path, "--env-id", "InvertedPendulum-v4", "--total-timesteps", budget, "--eval-every", budget // 4,
+                        "--seed", 1, *extra)
     assert evals[-1][1] >= 950, evals
     # the saved policy replays with its frozen normalisation: within 10% of the run's own last evaluation
     replay = run_script("enjoy.py", tmp_path / "runs" / "learn" / "checkpoints" / "final.pt", "--episodes", 5, cwd=tmp_path, timeout=300)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_scalars, run_script, script_env, start_script
+from conftest import read_scalars, run_script, script_env, start_script, train_evals
 
 SCRIPT = "sac_continuous.py"
 SMALL = ["--batch-size", 64, "--buffer-size", 5000, "--hidden-sizes", 64, 64, "--no-progress-bar"]
@@ -76,11 +76,8 @@ def test_smoke_mujoco_v4(tmp_path):
 
 
 def test_sac_learns_pendulum_within_10k_steps(tmp_path):
-    result = run_script(SCRIPT, "--env-id", "Pendulum-v1", "--total-timesteps", 10_000, "--learning-starts", 1000,
-                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1, "--run-name", "learn", "--no-progress-bar",
-                        cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    evals = read_scalars(str(tmp_path / "runs" / "learn"))["eval/return_mean"]
+    evals = train_evals(SCRIPT, tmp_path, "--env-id", "Pendulum-v1", "--total-timesteps", 10_000, "--learning-starts", 1000,
+                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1)
     assert evals[-1][0] == 10_000
     assert evals[-1][1] >= -250, evals
 
