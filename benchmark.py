@@ -1,0 +1,399 @@
+"""Run a grid of experiments (scripts × env ids × seeds), on this machine or on a Ray cluster.
+
+    python benchmark.py --scripts sac_continuous.py td3_continuous.py --env-ids HalfCheetah-v4 Hopper-v4 \\
+        --seeds 1 2 3 -- --total-timesteps 300000
+
+Arguments after `--` go to every run. Each run is its own process with one torch thread, in
+<runs-dir>/<env id>__<algo>[__<its arguments>]__<seed>, with its output in <runs-dir>/logs/<run>.log.
+Running the same command again is safe: finished runs are skipped, interrupted ones continue from their
+checkpoints/latest.pt (the scripts' --resume), and a larger --total-timesteps extends finished runs.
+A failed run is reported with the end of its log and does not stop the others.
+
+On a Ray cluster (pip install -r requirements-cluster.txt): --ray-address auto (or ray://host:port) sends each
+run as a task that needs one CPU (or --gpus-per-run GPUs). Every node must see this directory at the same path
+and --runs-dir must be on storage that every node shares.
+"""
+import argparse
+import ctypes
+import fcntl
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# arguments the runs themselves get from this script
+RESERVED = {"--env-id", "--seed", "--runs-dir", "--run-name", "--resume"}
+# arguments a resumed run may change (the scripts' resume_args): they do not name a different experiment
+NOT_IN_NAME = {"total-timesteps", "cuda", "torch-threads", "compile", "cudagraphs", "track", "progress-bar", "log-every",
+               "eval-every", "checkpoint-every", "capture-video", "save-buffer", "vector-mode"}
+BUSY = -1000  # exit status of a run that another benchmark process is running
+
+
+def experiment_slug(extra: list[str]) -> str:
+    """A readable, canonical name for the arguments that define an experiment: --no-autotune --alpha 0.2 -> alpha=0.2_no-autotune.
+    Arguments that a resumed run may change (the budget, devices, logging) are left out."""
+    items, i = [], 0
+    while i < len(extra):
+        token = extra[i]
+        i += 1
+        if not token.startswith("--"):
+            continue
+        name, eq, value = token[2:].partition("=")
+        if not eq:  # the values that follow the option
+            values = []
+            while i < len(extra) and not extra[i].startswith("--"):
+                values.append(extra[i])
+                i += 1
+            value = ",".join(values)
+        if name.removeprefix("no-").replace("_", "-") not in NOT_IN_NAME:
+            items.append(f"{name}={value}" if value else name)
+    slug = re.sub(r"[^A-Za-z0-9=.,+_-]+", "-", "_".join(sorted(items)))
+    if len(slug) > 60:
+        slug = slug[:50] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+    return slug
+
+
+def option_value(extra: list[str], name: str) -> Optional[str]:
+    for i, token in enumerate(extra):
+        if token == name and i + 1 < len(extra):
+            return extra[i + 1]
+        if token.startswith(name + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+@dataclass
+class Run:
+    script: str  # absolute path
+    env_id: str
+    seed: int
+    extra: list[str]
+    runs_dir: str  # absolute path
+
+    @property
+    def algo(self) -> str:
+        return os.path.basename(self.script).removesuffix(".py").removesuffix("_continuous")
+
+    @property
+    def name(self) -> str:
+        slug = experiment_slug(self.extra)
+        return "__".join([self.env_id, self.algo] + ([slug] if slug else []) + [str(self.seed)])
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.runs_dir, self.name)
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.runs_dir, "logs", f"{self.name}.log")
+
+    @property
+    def total_timesteps(self) -> Optional[int]:
+        value = option_value(self.extra, "--total-timesteps")
+        return int(value) if value is not None else None
+
+    def status(self) -> str:
+        """done (final.pt at the requested budget), resume (a latest.pt to continue from) or new."""
+        ckpt = os.path.join(self.run_dir, "checkpoints")
+        if os.path.exists(os.path.join(ckpt, "final.pt")):
+            if self.total_timesteps is None or saved_total_timesteps(os.path.join(ckpt, "final.pt")) >= self.total_timesteps:
+                return "done"
+        return "resume" if os.path.exists(os.path.join(ckpt, "latest.pt")) else "new"
+
+    def command(self, status: str) -> list[str]:
+        if status == "resume":
+            return [self.script, "--resume", os.path.join(self.run_dir, "checkpoints", "latest.pt"), "--no-progress-bar", *self.extra]
+        return [self.script, "--env-id", self.env_id, "--seed", str(self.seed), "--runs-dir", self.runs_dir,
+                "--run-name", self.name, "--no-progress-bar", *self.extra]
+
+
+def saved_total_timesteps(path: str) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["args"]["total_timesteps"])
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM (save latest.pt and stop) if the process that started it dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (AttributeError, OSError):
+        pass
+
+
+def execute(command: list[str], run_dir: str, log_path: str, fresh: bool,
+            on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> int:
+    """Run one script to its end (locally, or inside a Ray task) and return its exit status.
+
+    A lock file keeps two benchmark processes from running the same run. A run without a checkpoint to resume
+    starts in an empty directory, so a killed first attempt leaves no half curve behind in the plots.
+    """
+    import shutil
+
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path + ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return BUSY
+        with open(log_path, "a") as log:
+            if fresh and os.path.isdir(run_dir):
+                shutil.rmtree(run_dir)
+                log.write(f"removed {run_dir}: it had no checkpoint to resume from\n")
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} on {os.uname().nodename}: {' '.join(command)}\n")
+            log.flush()
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+            proc = subprocess.Popen([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True, preexec_fn=die_with_parent)
+            if on_start is not None:
+                on_start(proc)
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # a cancelled Ray task: let the run checkpoint and stop
+                proc.send_signal(signal.SIGTERM)
+                return proc.wait()
+
+
+def log_tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()[-20_000:].replace("\r", "\n")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+class Progress:
+    """One line per run: status, step, SPS and latest evaluation, read from the runs' TensorBoard logs."""
+
+    def __init__(self, runs: list[Run], refresh: float, stream=sys.stdout):
+        from plot import EventLog
+
+        self.runs, self.refresh, self.stream = runs, refresh, stream
+        self.logs = {run.name: EventLog(run.run_dir) for run in runs}
+        self.state = {run.name: "pending" for run in runs}
+        self.tty = stream.isatty()  # redraw in place on a terminal; append to a log file
+        self.last_draw, self.drawn = 0.0, 0
+
+    def line(self, run: Run) -> str:
+        log = self.logs[run.name]
+        if os.path.isdir(run.run_dir):
+            log.reload()
+        step = log.last_step
+        total = run.total_timesteps or int(log.hparams.get("total_timesteps", 0) or 0)
+        sps = log.scalars.get("charts/SPS", {})
+        evals = log.scalars.get("eval/return_mean", {})
+        parts = [f"{run.name:<48}", f"{self.state[run.name]:<9}"]
+        if step:
+            parts.append(f"{step:>9,}" + (f"/{total:,} {100 * step / total:3.0f}%" if total else ""))
+        if sps:
+            parts.append(f"SPS {sps[max(sps)]:.0f}")
+        if evals:
+            parts.append(f"eval {evals[max(evals)]:.1f} @ {max(evals):,}")
+        return "  ".join(parts)
+
+    def draw(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last_draw < self.refresh:
+            return
+        self.last_draw = now
+        counts = {state: list(self.state.values()).count(state) for state in dict.fromkeys(self.state.values())}
+        lines = [time.strftime("%H:%M:%S  ") + ", ".join(f"{n} {state}" for state, n in counts.items())]
+        lines += ["  " + self.line(run) for run in self.runs if self.state[run.name] == "running"]
+        if self.tty and self.drawn:
+            self.stream.write(f"\x1b[{self.drawn}F\x1b[J")  # back to the top of the last block and clear it
+        self.drawn = len(lines)
+        self.stream.write("".join(line + "\n" for line in lines))
+        self.stream.flush()
+
+
+def run_local(todo: list[tuple[Run, str]], workers: int, progress: Progress, stop: threading.Event) -> dict[str, int]:
+    procs: dict[str, subprocess.Popen] = {}
+    results: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def job(run: Run, status: str) -> int:
+        if stop.is_set():
+            return -signal.SIGTERM
+        progress.state[run.name] = "running"
+
+        def started(proc):
+            with lock:
+                procs[run.name] = proc
+            if stop.is_set():
+                proc.send_signal(signal.SIGTERM)
+
+        rc = execute(run.command(status), run.run_dir, run.log_path, status == "new", on_start=started)
+        with lock:
+            procs.pop(run.name, None)
+        return rc
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(job, run, status): run for run, status in todo}
+        pending = deque(futures)
+        stopping = False
+        while pending:
+            if stop.is_set() and not stopping:
+                stopping = True
+                with lock:
+                    for proc in procs.values():
+                        proc.send_signal(signal.SIGTERM)
+            for future in [f for f in pending if f.done()]:
+                pending.remove(future)
+                run = futures[future]
+                results[run.name] = future.result()
+                progress.state[run.name] = describe(results[run.name])
+            progress.draw()
+            time.sleep(0.2)
+    return results
+
+
+def run_ray(todo: list[tuple[Run, str]], address: str, gpus_per_run: float, progress: Progress, stop: threading.Event) -> dict[str, int]:
+    import ray
+
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    task = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)(execute)
+    refs = {task.remote(run.command(status), run.run_dir, run.log_path, status == "new"): run for run, status in todo}
+    for run, _ in todo:
+        progress.state[run.name] = "submitted"
+    results: dict[str, int] = {}
+    cancelled = False
+    try:
+        while refs:
+            if stop.is_set() and not cancelled:
+                cancelled = True
+                for ref in refs:
+                    ray.cancel(ref)  # KeyboardInterrupt in the task: the run saves latest.pt and stops
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            for ref in ready:
+                run = refs.pop(ref)
+                try:
+                    results[run.name] = ray.get(ref)
+                except (ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError) as e:
+                    results[run.name] = -signal.SIGTERM if cancelled else 1
+                    if not cancelled:
+                        with open(run.log_path, "a") as log:
+                            log.write(f"ray task failed: {e}\n")
+                progress.state[run.name] = describe(results[run.name])
+            for run in refs.values():  # a task has started once its run writes a log
+                if progress.state[run.name] == "submitted" and os.path.exists(run.log_path + ".lock"):
+                    progress.state[run.name] = "running"
+            progress.draw()
+    finally:
+        ray.shutdown()
+    return results
+
+
+def describe(rc: int) -> str:
+    if rc == 0:
+        return "done"
+    if rc == BUSY:
+        return "busy"
+    if rc in (-signal.SIGTERM, 128 + signal.SIGTERM, 128 + signal.SIGINT):
+        return "stopped"
+    return "failed"
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    extra: list[str] = []
+    if "--" in argv:
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Arguments after -- go to every run.",
+                                usage="%(prog)s --scripts S [S ...] --env-ids E [E ...] --seeds N [N ...] [options] [-- script arguments]")
+    p.add_argument("--scripts", nargs="+", required=True, help="training scripts, e.g. sac_continuous.py ppo_continuous.py")
+    p.add_argument("--env-ids", nargs="+", required=True, help="gymnasium env ids")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
+    p.add_argument("--runs-dir", default="runs", help="where the run directories go (shared storage with Ray)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at once on this machine (default: CPU cores)")
+    p.add_argument("--ray-address", default=None, help="run on this Ray cluster (auto, host:port or ray://host:port)")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each Ray task asks for (default 0)")
+    p.add_argument("--refresh", type=float, default=None, help="seconds between progress updates (default: 2 on a terminal, 60 otherwise)")
+    p.add_argument("--dry-run", action="store_true", help="print what would run and stop")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
+    if args.gpus_per_run < 0:
+        p.error("--gpus-per-run must be >= 0")
+    if args.gpus_per_run and not args.ray_address:
+        p.error("--gpus-per-run needs --ray-address (locally, give the runs --cuda or --no-cuda after --)")
+    for token in extra:
+        if token.split("=")[0] in RESERVED:
+            p.error(f"{token.split('=')[0]} is set by benchmark.py for each run; do not pass it after --")
+    for script in args.scripts:
+        if not os.path.isfile(script) and not os.path.isfile(os.path.join(ROOT, script)):
+            p.error(f"no such script: {script}")
+    if len(set(args.seeds)) < len(args.seeds):
+        p.error("--seeds has duplicates")
+    if option_value(extra, "--total-timesteps") is not None and not option_value(extra, "--total-timesteps").isdigit():
+        p.error("--total-timesteps after -- must be a whole number")
+    return args, extra
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args, extra = parse(sys.argv[1:] if argv is None else argv)
+    runs_dir = os.path.abspath(args.runs_dir)
+    scripts = [os.path.abspath(s if os.path.isfile(s) else os.path.join(ROOT, s)) for s in args.scripts]
+    runs = [Run(script, env_id, seed, extra, runs_dir) for script in scripts for env_id in args.env_ids for seed in args.seeds]
+    statuses = {run.name: run.status() for run in runs}
+    todo = [(run, statuses[run.name]) for run in runs if statuses[run.name] != "done"]
+    print(f"{len(runs)} runs in {runs_dir}: {len(runs) - len(todo)} finished already, "
+          f"{sum(s == 'resume' for _, s in todo)} to resume, {sum(s == 'new' for _, s in todo)} to start")
+    if args.dry_run:
+        for run, status in todo:
+            print(f"{status:<7} {' '.join(run.command(status))}")
+        return 0
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():  # a second signal: do not wait for the runs' checkpoints
+            raise KeyboardInterrupt
+        print(f"\nsignal {signum}: stopping the runs (each saves checkpoints/latest.pt); run the same command again to resume",
+              file=sys.stderr)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    refresh = args.refresh if args.refresh is not None else (2.0 if sys.stdout.isatty() else 60.0)
+    progress = Progress([run for run, _ in todo], refresh)
+    for run in runs:
+        progress.state.setdefault(run.name, "done")
+    start = time.time()
+    if args.ray_address:
+        results = run_ray(todo, args.ray_address, args.gpus_per_run, progress, stop)
+    else:
+        results = run_local(todo, args.workers, progress, stop)
+    progress.draw(force=True)
+
+    print(f"\nsummary ({time.time() - start:.0f} s):")
+    from plot import EventLog
+
+    failed = []
+    for run in runs:
+        state = "skipped (finished before)" if statuses[run.name] == "done" else describe(results.get(run.name, -signal.SIGTERM))
+        log = EventLog(run.run_dir).reload()
+        evals = log.scalars.get("eval/return_mean", {})
+        final = f"final eval {evals[max(evals)]:9.1f}  best {max(evals.values()):9.1f}" if evals else ""
+        print(f"  {run.name:<48} {state:<26} {log.last_step:>9,} steps  {final}")
+        if state == "failed":
+            failed.append(run)
+    for run in failed:
+        print(f"\n{run.name} failed (exit {results[run.name]}); the end of {run.log_path}:\n{log_tail(run.log_path)}")
+    if any(describe(rc) == "busy" for rc in results.values()):
+        print("\nruns marked busy are running in another benchmark.py process", file=sys.stderr)
+    if stop.is_set():
+        return 130
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Learning curves and result tables from the TensorBoard logs of this project's scripts.
+
+    python plot.py runs/ --out plots/                       # one panel per env, one line per script
+    python plot.py runs/ --out plots/ --group-by autotune   # one line per script and value of --autotune
+    python plot.py runs/ --out plots/ --ci --reference      # bootstrap band, published returns as dashed lines
+
+It reads every run directory under the given paths (a directory holding events.out.tfevents.* files), groups
+the runs by env id and script (exp_name) plus any --group-by arguments, and draws the mean over seeds of
+eval/return_mean against environment steps with a shaded band. It writes <metric>.png (and .svg with --svg)
+and <metric>.md: the final and the best evaluation of each group as mean ± std over seeds.
+"""
+import argparse
+import csv
+import math
+import os
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# arguments that do not change what is learned: runs that differ only in these are seeds of one experiment
+NOT_HYPERPARAMETERS = {"seed", "run_name", "runs_dir", "resume", "cuda", "torch_threads", "compile", "cudagraphs", "track",
+                       "wandb_project_name", "wandb_entity", "capture_video", "progress_bar", "log_every", "eval_every",
+                       "checkpoint_every", "save_buffer", "vector_mode", "total_timesteps", "torch_deterministic"}
+REFERENCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "reference_returns.csv")
+
+
+class EventLog:
+    """The scalars and hyperparameters of one run directory, read incrementally from its TensorBoard event files.
+
+    A resumed run appends a new event file that starts with a purge marker (SummaryWriter's purge_step): what
+    earlier files logged at or after that step is dropped, as TensorBoard itself does, so no step counts twice.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.scalars: dict[str, dict[int, float]] = defaultdict(dict)  # tag -> {step: value}
+        self.hparams: dict[str, str] = {}
+        self.spans: dict[str, list[float]] = {}  # event file -> [first, last] wall time
+        self._loaders: dict = {}
+
+    def reload(self) -> "EventLog":
+        from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+        for name in sorted(event_files(self.run_dir), key=event_file_time):
+            path = os.path.join(self.run_dir, name)
+            if path not in self._loaders:
+                self._loaders[path] = LegacyEventFileLoader(path)
+            for event in self._loaders[path].Load():
+                span = self.spans.setdefault(path, [event.wall_time, event.wall_time])
+                span[1] = max(span[1], event.wall_time)
+                if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                    for values in self.scalars.values():
+                        for step in [s for s in values if s >= event.step]:
+                            del values[step]
+                for value in event.summary.value:
+                    if value.HasField("simple_value"):
+                        self.scalars[value.tag][event.step] = value.simple_value
+                    elif value.tag == "hyperparameters/text_summary" and value.tensor.string_val:
+                        self.hparams = parse_hparams(value.tensor.string_val[0].decode())
+        return self
+
+    def curve(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        items = sorted(self.scalars.get(tag, {}).items())
+        return np.array([s for s, _ in items], dtype=np.int64), np.array([v for _, v in items], dtype=np.float64)
+
+    @property
+    def last_step(self) -> int:
+        return max((max(v) for v in self.scalars.values() if v), default=0)
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds spent writing this run, summed over its processes (a resumed run's downtime is not counted)."""
+        return sum(last - first for first, last in self.spans.values())
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def event_files(run_dir: str) -> list[str]:
+    try:
+        return [f for f in os.listdir(run_dir) if f.startswith("events.out.tfevents.")]
+    except FileNotFoundError:
+        return []
+
+
+def event_file_time(name: str) -> tuple[int, str]:
+    parts = name.split(".")  # events.out.tfevents.<unix time>.<host>.<pid>.<n>
+    return (int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0, name)
+
+
+def parse_hparams(markdown: str) -> dict[str, str]:
+    """The |param|value| table every script logs as its 'hyperparameters' text."""
+    out = {}
+    for line in markdown.splitlines():
+        cells = line.strip().strip("|").split("|")
+        if len(cells) == 2 and cells[0] not in ("param", "-"):
+            out[cells[0]] = cells[1]
+    return out
+
+
+def find_runs(paths: list[str]) -> list[str]:
+    runs = []
+    for path in paths:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path} is not a directory")
+        for dirpath, dirnames, _ in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if d not in ("wandb", "checkpoints", "videos"))
+            if event_files(dirpath):
+                runs.append(dirpath)
+    return runs
+
+
+@dataclass
+class Group:
+    env_id: str
+    label: str
+    runs: list[EventLog] = field(default_factory=list)
+
+    def curves(self, tag: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [c for c in (run.curve(tag) for run in self.runs) if len(c[0])]
+
+
+def group_runs(logs: list[EventLog], group_by: list[str]) -> list[Group]:
+    for g in group_by:  # a script without the argument (TD3 has no alpha) just does not split on it
+        if logs and not any(g in log.hparams for log in logs):
+            raise KeyError(f"no run has an argument {g}; the arguments are: {', '.join(sorted(set().union(*(log.hparams for log in logs))))}")
+    groups: dict[tuple[str, str], Group] = {}
+    for log in logs:
+        h = log.hparams
+        if "env_id" not in h:
+            warn(f"{log.run_dir}: no hyperparameters logged (not a run of this project?); skipped")
+            continue
+        label = " ".join([h.get("exp_name", "?")] + [f"{g}={h[g]}" for g in group_by if g != "exp_name" and g in h])
+        groups.setdefault((h["env_id"], label), Group(h["env_id"], label)).runs.append(log)
+    for g in groups.values():  # runs that differ in a hyperparameter are not seeds of one experiment: say so
+        differing = sorted(k for k in set().union(*(r.hparams for r in g.runs)) - NOT_HYPERPARAMETERS - set(group_by)
+                           if len({r.hparams.get(k) for r in g.runs}) > 1)
+        if differing:
+            warn(f"{g.env_id} / {g.label}: runs differ in {', '.join(differing)}; pass --group-by {' '.join(differing)} to separate them")
+        seeds = [r.hparams.get("seed") for r in g.runs]
+        if len(set(seeds)) < len(seeds):
+            warn(f"{g.env_id} / {g.label}: several runs with the same seed ({', '.join(sorted(set(s for s in seeds if seeds.count(s) > 1)))})")
+    return sorted(groups.values(), key=lambda g: (g.env_id, g.label))
+
+
+def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], ci: bool = False, n_boot: int = 2000, seed: int = 0):
+    """Mean over seeds and a band (± std, or a 95% bootstrap interval of the mean) on the union of the seeds'
+    steps, up to the last step every seed reached (each curve is linearly interpolated between its points)."""
+    end = min(s[-1] for s, _ in curves)
+    steps = np.unique(np.concatenate([s[s <= end] for s, _ in curves]))
+    values = np.stack([np.interp(steps, s, v) for s, v in curves])  # (seeds, steps)
+    mean = values.mean(axis=0)
+    if ci and len(curves) > 1:
+        rng = np.random.default_rng(seed)
+        boot = values[rng.integers(0, len(curves), size=(n_boot, len(curves)))].mean(axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5], axis=0)
+    else:
+        std = values.std(axis=0)
+        low, high = mean - std, mean + std
+    return steps, mean, low, high
+
+
+def summarize(groups: list[Group], tag: str) -> list[dict]:
+    """Per group: the final and the best evaluation of each seed, as mean and std over seeds."""
+    rows = []
+    for g in groups:
+        runs = [r for r in g.runs if len(r.curve(tag)[0])]
+        if not runs:
+            continue
+        finals = np.array([r.curve(tag)[1][-1] for r in runs])
+        bests = np.array([r.curve(tag)[1].max() for r in runs])
+        steps = [int(r.curve(tag)[0][-1]) for r in runs]
+        rows.append({"env_id": g.env_id, "group": g.label, "seeds": len(runs),
+                     "final_mean": finals.mean(), "final_std": finals.std(), "best_mean": bests.mean(), "best_std": bests.std(),
+                     "steps_min": min(steps), "steps_max": max(steps), "wall_time": float(np.mean([r.wall_time for r in runs]))})
+    return rows
+
+
+def markdown_table(rows: list[dict], tag: str) -> str:
+    out = [f"| env | group | seeds | final {tag} | best {tag} | env steps | wall time per run |", "|-|-|-|-|-|-|-|"]
+    for r in rows:
+        steps = f"{r['steps_min']:,}" if r["steps_min"] == r["steps_max"] else f"{r['steps_min']:,}–{r['steps_max']:,}"
+        out.append(f"| {r['env_id']} | {r['group']} | {r['seeds']} | {r['final_mean']:.1f} ± {r['final_std']:.1f} "
+                   f"| {r['best_mean']:.1f} ± {r['best_std']:.1f} | {steps} | {r['wall_time'] / 60:.1f} min |")
+    return "\n".join(out) + "\n"
+
+
+def load_references(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["steps"], r["return"] = int(float(r["steps"])), float(r["return"])
+    return rows
+
+
+def short_source(source: str) -> str:
+    return source.split(" (")[0].split(",")[0]
+
+
+def algo_of(label: str) -> str:
+    return label.split()[0].removesuffix("_continuous")
+
+
+def make_figure(groups: list[Group], tag: str, ci: bool = False, references: list[dict] | None = None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({g.env_id for g in groups})
+    ncols = min(3, len(envs))
+    nrows = math.ceil(len(envs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
+    labels = sorted({g.label for g in groups})
+    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    for ax, env_id in zip(axes.flat, envs):
+        xmax = 0
+        for g in (g for g in groups if g.env_id == env_id):
+            curves = g.curves(tag)
+            if not curves:
+                continue
+            steps, mean, low, high = aggregate(curves, ci=ci)
+            ax.plot(steps, mean, color=colors[g.label], label=f"{g.label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            ax.fill_between(steps, low, high, color=colors[g.label], alpha=0.2, linewidth=0)
+            xmax = max(xmax, int(steps[-1]))
+        for ref in references or []:  # the published return at the budget closest to (not above 1.1x) this panel's
+            if ref["env_id"] != env_id or ref["steps"] > 1.1 * xmax:
+                continue
+            same = [r for r in references if (r["env_id"], r["algo"], r["source"]) == (env_id, ref["algo"], ref["source"]) and r["steps"] <= 1.1 * xmax]
+            if ref["steps"] != max(r["steps"] for r in same):
+                continue
+            color = next((colors[lab] for lab in labels if algo_of(lab) == ref["algo"]), "gray")
+            ax.axhline(ref["return"], color=color, linestyle="--", linewidth=1,
+                       label=f"{ref['algo']}, {short_source(ref['source'])} @ {ref['steps'] // 1000}k: {ref['return']:.0f}")
+        ax.set_title(env_id)
+        ax.set_xlabel("environment steps")
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if x else "0")
+        ax.set_ylabel(tag)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[len(envs):]:
+        ax.remove()
+    fig.suptitle(f"mean over seeds, band: {'95% bootstrap CI of the mean' if ci else '± std'}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="run directories, or directories that hold them (searched recursively)")
+    p.add_argument("--out", default="plots", help="output directory")
+    p.add_argument("--metric", default="eval/return_mean", help="the scalar tag to plot")
+    p.add_argument("--group-by", nargs="*", default=[], metavar="ARG",
+                   help="script arguments (as in the run's hyperparameters, e.g. alpha num_envs) that separate lines")
+    p.add_argument("--env-ids", nargs="*", default=None, help="only these envs")
+    p.add_argument("--ci", action="store_true", help="band: 95%% bootstrap confidence interval of the mean instead of ± std")
+    p.add_argument("--reference", nargs="?", const=REFERENCE_FILE, default=None, metavar="CSV",
+                   help=f"draw published returns as dashed lines (default data: {os.path.relpath(REFERENCE_FILE)})")
+    p.add_argument("--svg", action="store_true", help="also write an SVG")
+    p.add_argument("--name", default=None, help="file name stem of the figure (default: from the metric)")
+    args = p.parse_args(argv)
+    args.group_by = [g.replace("-", "_") for g in args.group_by]
+
+    try:
+        runs = find_runs(args.paths)
+        references = load_references(args.reference) if args.reference else None
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logs = [EventLog(r).reload() for r in runs]
+    if args.env_ids:
+        logs = [log for log in logs if log.hparams.get("env_id") in args.env_ids]
+    try:
+        groups = group_runs(logs, args.group_by)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    groups = [g for g in groups if g.curves(args.metric)]
+    if not groups:
+        print(f"error: no run under {', '.join(args.paths)} has logged {args.metric}", file=sys.stderr)
+        return 1
+
+    os.makedirs(args.out, exist_ok=True)
+    stem = args.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", args.metric)
+    fig = make_figure(groups, args.metric, ci=args.ci, references=references)
+    written = [os.path.join(args.out, f"{stem}.png")]
+    fig.savefig(written[0], dpi=110)
+    if args.svg:
+        written.append(os.path.join(args.out, f"{stem}.svg"))
+        fig.savefig(written[-1])
+    table = markdown_table(summarize(groups, args.metric), args.metric)
+    written.append(os.path.join(args.out, f"{stem}.md"))
+    with open(written[-1], "w") as f:
+        f.write(table)
+    print(table)
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

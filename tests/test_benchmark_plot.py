@@ -1,0 +1,260 @@
+"""benchmark.py (local and Ray backends) and plot.py."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, read_scalars, run_script, script_env
+
+import benchmark
+import plot
+
+PPO_TINY = ["--total-timesteps", "1024", "--num-envs", "2", "--num-steps", "256", "--eval-every", "512", "--eval-episodes", "1"]
+
+
+def summary_states(stdout):
+    """{run name: state} from benchmark.py's summary table."""
+    text = stdout.split("\nsummary (")[1]
+    return {m.group(1): m.group(2) for m in re.finditer(r"^  (\S+)\s+(done|failed|stopped|busy|skipped \(finished before\))", text, re.M)}
+
+
+# ---- benchmark.py ----
+
+def test_run_names_are_canonical_and_leave_out_the_budget():
+    a = benchmark.experiment_slug(["--no-autotune", "--alpha", "0.2", "--total-timesteps", "300000", "--no-progress-bar"])
+    b = benchmark.experiment_slug(["--alpha=0.2", "--eval-every", "5000", "--no-autotune"])
+    assert a == b == "alpha=0.2_no-autotune"
+    assert benchmark.experiment_slug(["--hidden-sizes", "64", "64"]) == "hidden-sizes=64,64"
+    run = benchmark.Run("/x/sac_continuous.py", "Hopper-v4", 3, ["--batch-size", "512"], "/runs")
+    assert run.name == "Hopper-v4__sac__batch-size=512__3"
+    assert benchmark.Run("/x/ppo_continuous.py", "Hopper-v4", 1, [], "/runs").name == "Hopper-v4__ppo__1"
+    assert len(benchmark.experiment_slug([f"--arg{i}={'x' * 20}" for i in range(5)])) <= 60
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scripts", "nope.py", "--env-ids", "Pendulum-v1"], "no such script"),
+    (["--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--", "--seed", "3"], "--seed is set by benchmark.py"),
+    (["--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--workers", "0"], "--workers must be at least 1"),
+    (["--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--gpus-per-run", "1"], "needs --ray-address"),
+])
+def test_bad_benchmark_arguments_exit_2(tmp_path, argv, message):
+    result = run_script("benchmark.py", *argv, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_grid_reports_failures_skips_finished_runs_and_extends_the_budget(tmp_path):
+    argv = ["--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "NoSuchEnv-v0", "--seeds", "1", "2", "--workers", "2", "--"]
+    result = run_script("benchmark.py", *argv, *PPO_TINY, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    states = summary_states(result.stdout)
+    assert states == {"Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__1": "done", "Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__2": "done",
+                      "NoSuchEnv-v0__ppo__eval-episodes=1_num-envs=2_num-steps=256__1": "failed", "NoSuchEnv-v0__ppo__eval-episodes=1_num-envs=2_num-steps=256__2": "failed"}
+    assert "unknown env id 'NoSuchEnv-v0'" in result.stdout  # the tail of the failed run's log
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        ckpt = torch.load(runs / f"Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__{seed}" / "checkpoints" / "final.pt", weights_only=True)
+        assert ckpt["global_step"] == 1024 and ckpt["args"]["seed"] == seed
+    # the two seeds are different runs
+    curves = [read_scalars(str(runs / f"Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__{seed}"))["eval/return_mean"] for seed in (1, 2)]
+    assert [s for s, _ in curves[0]] == [512, 1024] and curves[0] != curves[1]
+
+    again = run_script("benchmark.py", *argv, *PPO_TINY, cwd=tmp_path)
+    states = summary_states(again.stdout)
+    assert states["Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__1"] == "skipped (finished before)"
+    assert states["NoSuchEnv-v0__ppo__eval-episodes=1_num-envs=2_num-steps=256__1"] == "failed"  # retried, and it fails again
+    assert "2 finished already" in again.stdout
+
+    longer = [*PPO_TINY[:1], "2048", *PPO_TINY[2:]]
+    extended = run_script("benchmark.py", "--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--", *longer, cwd=tmp_path)
+    assert extended.returncode == 0, extended.stdout + extended.stderr
+    assert "1 to resume" in extended.stdout
+    run_dir = runs / "Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__1"
+    assert [s for s, _ in read_scalars(str(run_dir))["eval/return_mean"]] == [512, 1024, 1536, 2048]
+    assert "resuming" in (runs / "logs" / "Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__1.log").read_text()
+
+
+def test_a_benchmark_killed_midway_resumes_its_runs(tmp_path):
+    argv = [os.path.join(ROOT, "benchmark.py"), "--scripts", "sac_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--refresh", "0.5", "--",
+            "--total-timesteps", "2500", "--learning-starts", "300", "--eval-every", "500", "--eval-episodes", "1", "--checkpoint-every", "250"]
+    proc = subprocess.Popen([sys.executable, *argv], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=script_env())
+    run_dir = tmp_path / "runs" / "Pendulum-v1__sac__eval-episodes=1_learning-starts=300__1"
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "best.pt").exists():  # the first evaluation, at step 500, is done
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert summary_states(out) == {run_dir.name: "stopped"}
+    assert re.search(rf"{run_dir.name}\s+running\s+[\d,]+/2,500", out)  # live progress: step of total
+    stopped_at = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"]
+    assert 500 <= stopped_at < 2500
+
+    result = run_script("benchmark.py", *argv[1:], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary_states(result.stdout) == {run_dir.name: "done"}
+    assert f"resuming {run_dir.name} at step {stopped_at}" in (tmp_path / "runs" / "logs" / f"{run_dir.name}.log").read_text()
+    evals = read_scalars(str(run_dir))["eval/return_mean"]
+    assert [s for s, _ in evals] == [500, 1000, 1500, 2000, 2500]  # each once, across the two processes
+    assert torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["global_step"] == 2500
+
+
+def test_a_run_without_a_checkpoint_restarts_clean(tmp_path):
+    stale = tmp_path / "runs" / "Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__1"
+    stale.mkdir(parents=True)
+    (stale / "events.out.tfevents.1.host.1.0").write_bytes(b"")  # a first attempt killed before its first checkpoint
+    result = run_script("benchmark.py", "--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--", *PPO_TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (stale / "events.out.tfevents.1.host.1.0").exists()
+    assert (stale / "checkpoints" / "final.pt").exists()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_backend_on_a_local_cluster(tmp_path):
+    pytest.importorskip("ray")
+    ray_cli = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+    port = free_port()
+    env = script_env(RAY_USAGE_STATS_ENABLED="0")
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    start = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard", "false",
+                            "--temp-dir", temp_dir], capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        result = run_script("benchmark.py", "--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "2",
+                            "--ray-address", f"127.0.0.1:{port}", "--runs-dir", str(tmp_path / "shared"), "--", *PPO_TINY,
+                            cwd=tmp_path, env=env, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        names = [f"Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__{seed}" for seed in (1, 2)]
+        assert summary_states(result.stdout) == {name: "done" for name in names}
+        for name in names:
+            assert torch.load(tmp_path / "shared" / name / "checkpoints" / "final.pt", weights_only=True)["global_step"] == 1024
+        again = run_script("benchmark.py", "--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "2",
+                           "--ray-address", f"127.0.0.1:{port}", "--runs-dir", str(tmp_path / "shared"), "--", *PPO_TINY, cwd=tmp_path, env=env)
+        assert "2 finished already" in again.stdout and again.returncode == 0
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ---- plot.py ----
+
+def write_run(runs, name, hparams, evals, purge=None):
+    """A run directory as the scripts write it: the hyperparameters text and eval/return_mean."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(runs / name), purge_step=purge)
+    if purge is None:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
+    for step, value in evals:
+        writer.add_scalar("eval/return_mean", value, step)
+    writer.close()
+
+
+def fake_grid(runs):
+    """Two envs; SAC with autotune True and False, 3 seeds each; TD3 with 2 seeds. Returns {(env, label): [final...]}."""
+    rng = np.random.default_rng(0)
+    expected = {}
+    for env_id in ("Hopper-v4", "Walker2d-v4"):
+        for exp, autotune, seeds in (("sac_continuous", True, (1, 2, 3)), ("sac_continuous", False, (1, 2, 3)), ("td3_continuous", None, (1, 2))):
+            for seed in seeds:
+                values = rng.normal(1000, 300, size=5).astype(np.float32).astype(np.float64)  # as TensorBoard stores them
+                hp = {"exp_name": exp, "seed": seed, "env_id": env_id, "total_timesteps": 5000}
+                if autotune is not None:
+                    hp["autotune"] = autotune
+                write_run(runs, f"{env_id}__{exp}__{autotune}__{seed}", hp, list(zip(range(1000, 6000, 1000), values)))
+                label = exp if autotune is None else f"{exp} autotune={autotune}"
+                expected.setdefault((env_id, label), []).append(values)
+    return expected
+
+
+def test_plot_draws_one_panel_per_env_and_tabulates_the_logged_numbers(tmp_path):
+    runs = tmp_path / "runs"
+    expected = fake_grid(runs)
+    (runs / "logs").mkdir()  # benchmark.py's logs are not runs
+    result = run_script("plot.py", str(runs), "--out", str(tmp_path / "plots"), "--group-by", "autotune", "--svg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    png = tmp_path / "plots" / "eval_return_mean.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "plots" / "eval_return_mean.svg").exists()
+    table = (tmp_path / "plots" / "eval_return_mean.md").read_text()
+    rows = [line.split("|")[1:-1] for line in table.splitlines()[2:]]
+    assert len(rows) == len(expected)
+    for env_id, label, seeds, final, best, steps, _ in (map(str.strip, r) for r in rows):
+        values = np.array(expected[(env_id, label)])
+        assert int(seeds) == len(values) and steps == "5,000"
+        assert final == f"{values[:, -1].mean():.1f} ± {values[:, -1].std():.1f}"
+        assert best == f"{values.max(axis=1).mean():.1f} ± {values.max(axis=1).std():.1f}"
+
+    # the figure: one panel per env, one line (and band) per group, labelled with its number of seeds
+    logs = [plot.EventLog(r).reload() for r in plot.find_runs([str(runs)])]
+    fig = plot.make_figure(plot.group_runs(logs, ["autotune"]), "eval/return_mean")
+    assert [ax.get_title() for ax in fig.axes] == ["Hopper-v4", "Walker2d-v4"]
+    for ax in fig.axes:
+        assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == [
+            "sac_continuous autotune=False (3 seeds)", "sac_continuous autotune=True (3 seeds)", "td3_continuous (2 seeds)"]
+        mean_line = next(line for line in ax.get_lines() if line.get_label().startswith("td3"))
+        values = np.array(expected[(ax.get_title(), "td3_continuous")])
+        np.testing.assert_allclose(mean_line.get_ydata(), values.mean(axis=0), rtol=1e-6)
+
+
+def test_plot_warns_when_a_group_mixes_hyperparameters(tmp_path):
+    runs = tmp_path / "runs"
+    fake_grid(runs)
+    result = run_script("plot.py", str(runs), "--out", str(tmp_path / "plots"), "--env-ids", "Hopper-v4", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "runs differ in autotune; pass --group-by autotune" in result.stderr
+    bad = run_script("plot.py", str(runs), "--out", str(tmp_path / "plots"), "--group-by", "batch_size", cwd=tmp_path)
+    assert bad.returncode == 2 and "no run has an argument batch_size" in bad.stderr
+
+
+def test_plot_reference_lines_and_bootstrap_band(tmp_path):
+    runs = tmp_path / "runs"
+    expected = fake_grid(runs)
+    ref = tmp_path / "ref.csv"
+    ref.write_text("algo,env_id,steps,return,source,url\n"
+                   "td3,Hopper-v4,5000,1234.5,Paper A (v3),http://a\n"
+                   "td3,Hopper-v4,1000000,3000,Paper A (v3),http://a\n"  # beyond this budget: not drawn
+                   "sac,Walker2d-v4,4000,777,Lib B,http://b\n")
+    result = run_script("plot.py", str(runs), "--out", str(tmp_path / "plots"), "--group-by", "autotune", "--reference", str(ref), "--ci", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    logs = [plot.EventLog(r).reload() for r in plot.find_runs([str(runs)])]
+    fig = plot.make_figure(plot.group_runs(logs, ["autotune"]), "eval/return_mean", ci=True, references=plot.load_references(str(ref)))
+    refs = {ax.get_title(): [(line.get_label(), line.get_ydata()[0]) for line in ax.get_lines() if line.get_linestyle() == "--"] for ax in fig.axes}
+    assert refs == {"Hopper-v4": [("td3, Paper A @ 5k: 1234", 1234.5)], "Walker2d-v4": [("sac, Lib B @ 4k: 777", 777)]}
+    # a bootstrap interval of the mean lies inside the range of the seeds and around their mean
+    values = np.array(expected[("Hopper-v4", "sac_continuous autotune=True")])
+    steps, mean, low, high = plot.aggregate([(np.arange(1000, 6000, 1000), v) for v in values], ci=True)
+    assert np.all(values.min(axis=0) <= low) and np.all(low <= mean) and np.all(mean <= high) and np.all(high <= values.max(axis=0))
+
+
+def test_aggregate_aligns_seeds_on_their_common_steps():
+    a = (np.array([0, 10, 20, 30]), np.array([0.0, 10.0, 20.0, 30.0]))
+    b = (np.array([0, 15, 20]), np.array([0.0, 30.0, 40.0]))  # stopped earlier, evaluated at other steps
+    steps, mean, low, high = plot.aggregate([a, b])
+    assert steps.tolist() == [0, 10, 15, 20]
+    np.testing.assert_allclose(mean, [0.0, (10 + 20) / 2, (15 + 30) / 2, (20 + 40) / 2])
+    np.testing.assert_allclose(high - mean, [0.0, 5.0, 7.5, 10.0])
+
+
+def test_event_log_drops_the_steps_a_resumed_run_logged_again(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "r", {"exp_name": "sac_continuous", "seed": 1, "env_id": "Hopper-v4"}, [(1, 10.0), (2, 20.0), (3, 30.0)])
+    time.sleep(1.1)  # event file names carry the second they were opened
+    write_run(runs, "r", {}, [(3, 33.0), (4, 44.0)], purge=3)  # resumed from a checkpoint at step 2
+    log = plot.EventLog(str(runs / "r")).reload()
+    assert log.curve("eval/return_mean")[1].tolist() == [10.0, 20.0, 33.0, 44.0]
+    assert log.hparams["env_id"] == "Hopper-v4" and log.last_step == 4
+    assert read_scalars(str(runs / "r"))["eval/return_mean"] == [(1, 10.0), (2, 20.0), (3, 33.0), (4, 44.0)]  # as TensorBoard reads it
