@@ -122,12 +122,16 @@ def saved_total_timesteps(path: str) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["args"]["total_timesteps"])
 
 
+try:  # looked up once here: the child, between fork and exec, only calls it
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (AttributeError, OSError):  # not Linux
+    _prctl = None
+
+
 def die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM (save latest.pt and stop) if the process that started it dies."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
-    except (AttributeError, OSError):
-        pass
+    """In the child, before exec: get SIGTERM (save latest.pt and stop) when the thread that started it dies."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def execute(command: list[str], run_dir: str, log_path: str, fresh: bool,
@@ -262,6 +266,7 @@ def run_ray(todo: list[tuple[Run, str]], address: str, gpus_per_run: float, prog
 
     ray.init(address=address, log_to_driver=False, configure_logging=False)
     task = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)(execute)
+    submitted = time.time()
     refs = {task.remote(run.command(status), run.run_dir, run.log_path, status == "new"): run for run, status in todo}
     for run, _ in todo:
         progress.state[run.name] = "submitted"
@@ -284,8 +289,8 @@ def run_ray(todo: list[tuple[Run, str]], address: str, gpus_per_run: float, prog
                         with open(run.log_path, "a") as log:
                             log.write(f"ray task failed: {e}\n")
                 progress.state[run.name] = describe(results[run.name])
-            for run in refs.values():  # a task has started once its run writes a log
-                if progress.state[run.name] == "submitted" and os.path.exists(run.log_path + ".lock"):
+            for run in refs.values():  # a task has started once it writes to its run's log
+                if progress.state[run.name] == "submitted" and os.path.exists(run.log_path) and os.path.getmtime(run.log_path) >= submitted - 1:
                     progress.state[run.name] = "running"
             progress.draw()
     finally:
@@ -342,7 +347,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args, extra = parse(sys.argv[1:] if argv is None else argv)
     runs_dir = os.path.abspath(args.runs_dir)
     scripts = [os.path.abspath(s if os.path.isfile(s) else os.path.join(ROOT, s)) for s in args.scripts]
-    runs = [Run(script, env_id, seed, extra, runs_dir) for script in scripts for env_id in args.env_ids for seed in args.seeds]
+    runs = list({run.name: run for run in (Run(script, env_id, seed, extra, runs_dir)
+                                           for script in scripts for env_id in args.env_ids for seed in args.seeds)}.values())
     statuses = {run.name: run.status() for run in runs}
     todo = [(run, statuses[run.name]) for run in runs if statuses[run.name] != "done"]
     print(f"{len(runs)} runs in {runs_dir}: {len(runs) - len(todo)} finished already, "
@@ -388,11 +394,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             failed.append(run)
     for run in failed:
         print(f"\n{run.name} failed (exit {results[run.name]}); the end of {run.log_path}:\n{log_tail(run.log_path)}")
-    if any(describe(rc) == "busy" for rc in results.values()):
+    busy = any(describe(rc) == "busy" for rc in results.values())
+    if busy:
         print("\nruns marked busy are running in another benchmark.py process", file=sys.stderr)
     if stop.is_set():
         return 130
-    return 1 if failed else 0
+    return 1 if failed or busy else 0
 
 
 if __name__ == "__main__":

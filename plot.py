@@ -17,6 +17,7 @@ import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -38,7 +39,8 @@ class EventLog:
         self.run_dir = run_dir
         self.scalars: dict[str, dict[int, float]] = defaultdict(dict)  # tag -> {step: value}
         self.hparams: dict[str, str] = {}
-        self.spans: dict[str, list[float]] = {}  # event file -> [first, last] wall time
+        self.walls: dict[str, list[tuple[float, int]]] = {}  # event file -> [(wall time, step), ...]
+        self.max_step: Optional[int] = None
         self._loaders: dict = {}
 
     def reload(self) -> "EventLog":
@@ -49,8 +51,7 @@ class EventLog:
             if path not in self._loaders:
                 self._loaders[path] = LegacyEventFileLoader(path)
             for event in self._loaders[path].Load():
-                span = self.spans.setdefault(path, [event.wall_time, event.wall_time])
-                span[1] = max(span[1], event.wall_time)
+                self.walls.setdefault(path, []).append((event.wall_time, event.step))
                 if event.HasField("session_log") and event.session_log.status == event.session_log.START:
                     for values in self.scalars.values():
                         for step in [s for s in values if s >= event.step]:
@@ -62,6 +63,12 @@ class EventLog:
                         self.hparams = parse_hparams(value.tensor.string_val[0].decode())
         return self
 
+    def truncate(self, max_step: int) -> None:
+        self.max_step = max_step
+        for values in self.scalars.values():
+            for step in [s for s in values if s > max_step]:
+                del values[step]
+
     def curve(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
         items = sorted(self.scalars.get(tag, {}).items())
         return np.array([s for s, _ in items], dtype=np.int64), np.array([v for _, v in items], dtype=np.float64)
@@ -72,8 +79,12 @@ class EventLog:
 
     @property
     def wall_time(self) -> float:
-        """Seconds spent writing this run, summed over its processes (a resumed run's downtime is not counted)."""
-        return sum(last - first for first, last in self.spans.values())
+        """Seconds spent writing this run (up to max_step), summed over its processes: a resumed run's downtime is not counted."""
+        total = 0.0
+        for walls in self.walls.values():
+            within = [w for w, s in walls if self.max_step is None or s <= self.max_step]
+            total += max(within) - walls[0][0] if within else 0.0
+        return total
 
 
 def warn(message: str) -> None:
@@ -214,9 +225,11 @@ def make_figure(groups: list[Group], tag: str, ci: bool = False, references: lis
     envs = sorted({g.env_id for g in groups})
     ncols = min(3, len(envs))
     nrows = math.ceil(len(envs) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.8 * nrows), squeeze=False)
     labels = sorted({g.label for g in groups})
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    sources = sorted({r["source"] for r in references or []})
+    dashes = [(6, 3), (2, 2), (8, 2, 2, 2), (4, 1, 1, 1)]  # one dash pattern per source
     for ax, env_id in zip(axes.flat, envs):
         xmax = 0
         for g in (g for g in groups if g.env_id == env_id):
@@ -234,8 +247,8 @@ def make_figure(groups: list[Group], tag: str, ci: bool = False, references: lis
             if ref["steps"] != max(r["steps"] for r in same):
                 continue
             color = next((colors[lab] for lab in labels if algo_of(lab) == ref["algo"]), "gray")
-            ax.axhline(ref["return"], color=color, linestyle="--", linewidth=1,
-                       label=f"{ref['algo']}, {short_source(ref['source'])} @ {ref['steps'] // 1000}k: {ref['return']:.0f}")
+            ax.axhline(ref["return"], color=color, linestyle=(0, dashes[sources.index(ref["source"]) % len(dashes)]), linewidth=1.2,
+                       gid="reference", label=f"{ref['algo']}, {short_source(ref['source'])} @ {ref['steps'] // 1000}k: {ref['return']:.0f}")
         ax.set_title(env_id)
         ax.set_xlabel("environment steps")
         ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if x else "0")
@@ -257,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-by", nargs="*", default=[], metavar="ARG",
                    help="script arguments (as in the run's hyperparameters, e.g. alpha num_envs) that separate lines")
     p.add_argument("--env-ids", nargs="*", default=None, help="only these envs")
+    p.add_argument("--match", default=None, metavar="REGEX", help="only runs whose directory name matches this regular expression")
+    p.add_argument("--max-step", type=int, default=None, help="cut the curves at this many environment steps (the budget of the table)")
     p.add_argument("--ci", action="store_true", help="band: 95%% bootstrap confidence interval of the mean instead of ± std")
     p.add_argument("--reference", nargs="?", const=REFERENCE_FILE, default=None, metavar="CSV",
                    help=f"draw published returns as dashed lines (default data: {os.path.relpath(REFERENCE_FILE)})")
@@ -271,7 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.match:
+        runs = [r for r in runs if re.search(args.match, os.path.basename(r))]
     logs = [EventLog(r).reload() for r in runs]
+    if args.max_step is not None:
+        for log in logs:
+            log.truncate(args.max_step)
     if args.env_ids:
         logs = [log for log in logs if log.hparams.get("env_id") in args.env_ids]
     try:

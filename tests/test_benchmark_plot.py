@@ -232,7 +232,7 @@ def test_plot_reference_lines_and_bootstrap_band(tmp_path):
     assert result.returncode == 0, result.stderr
     logs = [plot.EventLog(r).reload() for r in plot.find_runs([str(runs)])]
     fig = plot.make_figure(plot.group_runs(logs, ["autotune"]), "eval/return_mean", ci=True, references=plot.load_references(str(ref)))
-    refs = {ax.get_title(): [(line.get_label(), line.get_ydata()[0]) for line in ax.get_lines() if line.get_linestyle() == "--"] for ax in fig.axes}
+    refs = {ax.get_title(): [(line.get_label(), line.get_ydata()[0]) for line in ax.get_lines() if line.get_gid() == "reference"] for ax in fig.axes}
     assert refs == {"Hopper-v4": [("td3, Paper A @ 5k: 1234", 1234.5)], "Walker2d-v4": [("sac, Lib B @ 4k: 777", 777)]}
     # a bootstrap interval of the mean lies inside the range of the seeds and around their mean
     values = np.array(expected[("Hopper-v4", "sac_continuous autotune=True")])
@@ -258,3 +258,44 @@ def test_event_log_drops_the_steps_a_resumed_run_logged_again(tmp_path):
     assert log.curve("eval/return_mean")[1].tolist() == [10.0, 20.0, 33.0, 44.0]
     assert log.hparams["env_id"] == "Hopper-v4" and log.last_step == 4
     assert read_scalars(str(runs / "r"))["eval/return_mean"] == [(1, 10.0), (2, 20.0), (3, 33.0), (4, 44.0)]  # as TensorBoard reads it
+
+
+def test_plot_selects_runs_and_cuts_at_a_budget(tmp_path):
+    runs = tmp_path / "runs"
+    expected = fake_grid(runs)
+    result = run_script("plot.py", str(runs), "--out", str(tmp_path / "plots"), "--match", "^Hopper-v4__td3", "--max-step", "3000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|")[1:-1] for line in (tmp_path / "plots" / "eval_return_mean.md").read_text().splitlines()[2:]]
+    values = np.array(expected[("Hopper-v4", "td3_continuous")])[:, :3]  # steps 1000, 2000, 3000
+    assert [[c.strip() for c in r[:6]] for r in rows] == [["Hopper-v4", "td3_continuous", "2", f"{values[:, -1].mean():.1f} ± {values[:, -1].std():.1f}",
+                                                           f"{values.max(axis=1).mean():.1f} ± {values.max(axis=1).std():.1f}", "3,000"]]
+
+
+def test_a_run_that_another_benchmark_is_running_is_left_alone(tmp_path):
+    import fcntl
+
+    name = "Pendulum-v1__ppo__eval-episodes=1_num-envs=2_num-steps=256__1"
+    (tmp_path / "runs" / "logs").mkdir(parents=True)
+    with open(tmp_path / "runs" / "logs" / f"{name}.log.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the benchmark process running it holds it
+        result = run_script("benchmark.py", "--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--", *PPO_TINY, cwd=tmp_path)
+    assert result.returncode == 1 and summary_states(result.stdout) == {name: "busy"}
+    assert not (tmp_path / "runs" / name).exists()
+
+
+def test_runs_save_and_stop_when_the_benchmark_is_killed_outright(tmp_path):
+    argv = [os.path.join(ROOT, "benchmark.py"), "--scripts", "sac_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--",
+            "--total-timesteps", "100000", "--learning-starts", "300", "--eval-every", "500", "--eval-episodes", "1"]
+    proc = subprocess.Popen([sys.executable, *argv], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=script_env())
+    run_dir = tmp_path / "runs" / "Pendulum-v1__sac__eval-episodes=1_learning-starts=300__1"
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "best.pt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: benchmark.py cannot forward anything
+    proc.wait()
+    log = tmp_path / "runs" / "logs" / f"{run_dir.name}.log"
+    while "stopped by signal 15" not in log.read_text():  # the orphaned run got SIGTERM from the kernel
+        assert time.time() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
+    assert 500 <= torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"] < 100_000
