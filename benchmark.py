@@ -36,6 +36,7 @@ RESERVED = {"--env-id", "--seed", "--runs-dir", "--run-name", "--resume"}
 NOT_IN_NAME = {"total-timesteps", "cuda", "torch-threads", "compile", "cudagraphs", "track", "progress-bar", "log-every",
                "eval-every", "checkpoint-every", "capture-video", "save-buffer", "vector-mode"}
 BUSY = -1000  # exit status of a run that another benchmark process is running
+FINISHED_ELSEWHERE = -1001  # exit status of a run that another benchmark process finished meanwhile
 
 
 def experiment_slug(extra: list[str]) -> str:
@@ -102,12 +103,15 @@ class Run:
         return int(value) if value is not None else None
 
     def status(self) -> str:
-        """done (final.pt at the requested budget), resume (a latest.pt to continue from) or new."""
+        """done (final.pt at the requested budget), resume (a latest.pt to continue from), new, or stuck (a final.pt
+        below the budget and no latest.pt to extend it from: never deleted, reported)."""
         ckpt = os.path.join(self.run_dir, "checkpoints")
-        if os.path.exists(os.path.join(ckpt, "final.pt")):
-            if self.total_timesteps is None or saved_total_timesteps(os.path.join(ckpt, "final.pt")) >= self.total_timesteps:
-                return "done"
-        return "resume" if os.path.exists(os.path.join(ckpt, "latest.pt")) else "new"
+        final = os.path.exists(os.path.join(ckpt, "final.pt"))
+        if final and (self.total_timesteps is None or saved_total_timesteps(os.path.join(ckpt, "final.pt")) >= self.total_timesteps):
+            return "done"
+        if os.path.exists(os.path.join(ckpt, "latest.pt")):
+            return "resume"
+        return "stuck" if final else "new"
 
     def command(self, status: str) -> list[str]:
         if status == "resume":
@@ -122,46 +126,49 @@ def saved_total_timesteps(path: str) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["args"]["total_timesteps"])
 
 
-try:  # looked up once here: the child, between fork and exec, only calls it
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (AttributeError, OSError):  # not Linux
-    _prctl = None
+def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> int:
+    """Run one run to its end (here, or inside a Ray task) and return its exit status.
 
-
-def die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM (save latest.pt and stop) when the thread that started it dies."""
-    if _prctl is not None:
-        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def execute(command: list[str], run_dir: str, log_path: str, fresh: bool,
-            on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> int:
-    """Run one script to its end (locally, or inside a Ray task) and return its exit status.
-
-    A lock file keeps two benchmark processes from running the same run. A run without a checkpoint to resume
-    starts in an empty directory, so a killed first attempt leaves no half curve behind in the plots.
+    A lock file keeps two benchmark processes from running the same run, and what to do (skip, resume or start)
+    is decided again once the lock is held: another process may have finished the run since this one looked.
+    A run with no checkpoint at all starts in an empty directory, so a killed first attempt leaves no half curve
+    behind in the plots.
     """
     import shutil
 
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path + ".lock", "w") as lock:
+    os.makedirs(os.path.dirname(run.log_path), exist_ok=True)
+    with open(run.log_path + ".lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return BUSY
-        with open(log_path, "a") as log:
-            if fresh and os.path.isdir(run_dir):
-                shutil.rmtree(run_dir)
-                log.write(f"removed {run_dir}: it had no checkpoint to resume from\n")
+        status = run.status()
+        if status == "done":
+            return FINISHED_ELSEWHERE
+        with open(run.log_path, "a") as log:
+            if status == "stuck":
+                log.write(f"{run.run_dir} has a final.pt below the requested --total-timesteps and no latest.pt to extend it from; "
+                          "move it away to train it again\n")
+                return 1
+            if status == "new" and os.path.isdir(run.run_dir):
+                shutil.rmtree(run.run_dir)
+                log.write(f"removed {run.run_dir}: it had no checkpoint to resume from\n")
+            command = [sys.executable, *run.command(status)]
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} on {os.uname().nodename}: {' '.join(command)}\n")
             log.flush()
+            try:  # the child gets SIGTERM (saves latest.pt, stops) when the thread that started it dies (Linux)
+                prctl = ctypes.CDLL(None, use_errno=True).prctl
+            except (AttributeError, OSError):
+                prctl = None
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True, preexec_fn=die_with_parent)
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True, preexec_fn=(lambda: prctl(1, signal.SIGTERM)) if prctl else None)
             if on_start is not None:
                 on_start(proc)
             try:
-                return proc.wait()
+                while proc.poll() is None:  # not proc.wait(): Ray's cancellation arrives only while Python code runs
+                    time.sleep(0.5)
+                return proc.returncode
             except KeyboardInterrupt:  # a cancelled Ray task: let the run checkpoint and stop
                 proc.send_signal(signal.SIGTERM)
                 return proc.wait()
@@ -190,8 +197,10 @@ class Progress:
 
     def line(self, run: Run) -> str:
         log = self.logs[run.name]
-        if os.path.isdir(run.run_dir):
+        try:
             log.reload()
+        except Exception as e:  # a file being replaced or cut short: the last good numbers stay on screen
+            print(f"warning: cannot read the logs of {run.name}: {e}", file=sys.stderr)
         step = log.last_step
         total = run.total_timesteps or int(log.hparams.get("total_timesteps", 0) or 0)
         sps = log.scalars.get("charts/SPS", {})
@@ -220,37 +229,38 @@ class Progress:
         self.stream.flush()
 
 
-def run_local(todo: list[tuple[Run, str]], workers: int, progress: Progress, stop: threading.Event) -> dict[str, int]:
+def run_local(todo: list[Run], workers: int, progress: Progress, stop: threading.Event, force: threading.Event) -> dict[str, int]:
     procs: dict[str, subprocess.Popen] = {}
     results: dict[str, int] = {}
     lock = threading.Lock()
 
-    def job(run: Run, status: str) -> int:
+    def job(run: Run) -> int:
         if stop.is_set():
             return -signal.SIGTERM
-        progress.state[run.name] = "running"
 
         def started(proc):
+            progress.state[run.name] = "running"
             with lock:
                 procs[run.name] = proc
             if stop.is_set():
                 proc.send_signal(signal.SIGTERM)
 
-        rc = execute(run.command(status), run.run_dir, run.log_path, status == "new", on_start=started)
+        rc = execute(run, on_start=started)
         with lock:
             procs.pop(run.name, None)
         return rc
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(job, run, status): run for run, status in todo}
+        futures = {pool.submit(job, run): run for run in todo}
         pending = deque(futures)
-        stopping = False
+        signalled = None
         while pending:
-            if stop.is_set() and not stopping:
-                stopping = True
+            wanted = signal.SIGKILL if force.is_set() else signal.SIGTERM if stop.is_set() else None
+            if wanted is not None and wanted != signalled:  # SIGTERM: each run saves latest.pt; SIGKILL: no waiting
+                signalled = wanted
                 with lock:
                     for proc in procs.values():
-                        proc.send_signal(signal.SIGTERM)
+                        os.killpg(proc.pid, wanted) if wanted == signal.SIGKILL else proc.send_signal(wanted)
             for future in [f for f in pending if f.done()]:
                 pending.remove(future)
                 run = futures[future]
@@ -261,33 +271,36 @@ def run_local(todo: list[tuple[Run, str]], workers: int, progress: Progress, sto
     return results
 
 
-def run_ray(todo: list[tuple[Run, str]], address: str, gpus_per_run: float, progress: Progress, stop: threading.Event) -> dict[str, int]:
+def run_ray(todo: list[Run], address: str, gpus_per_run: float, progress: Progress, stop: threading.Event, force: threading.Event,
+            install_signal_handlers: Callable[[], None]) -> dict[str, int]:
     import ray
 
     ray.init(address=address, log_to_driver=False, configure_logging=False)
+    install_signal_handlers()  # ray.init puts in its own SIGTERM handler, which would kill this process
     task = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)(execute)
     submitted = time.time()
-    refs = {task.remote(run.command(status), run.run_dir, run.log_path, status == "new"): run for run, status in todo}
-    for run, _ in todo:
+    refs = {task.remote(run): run for run in todo}
+    for run in todo:
         progress.state[run.name] = "submitted"
     results: dict[str, int] = {}
-    cancelled = False
+    cancelled = None
     try:
         while refs:
-            if stop.is_set() and not cancelled:
-                cancelled = True
-                for ref in refs:
-                    ray.cancel(ref)  # KeyboardInterrupt in the task: the run saves latest.pt and stops
+            level = "force" if force.is_set() else "stop" if stop.is_set() else None
+            if level is not None and level != cancelled:
+                cancelled = level
+                for ref in refs:  # KeyboardInterrupt in the task: the run saves latest.pt and stops; force: killed
+                    ray.cancel(ref, force=level == "force")
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
             for ref in ready:
                 run = refs.pop(ref)
                 try:
                     results[run.name] = ray.get(ref)
-                except (ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError) as e:
+                except ray.exceptions.RayError as e:  # cancelled, the task raised, its worker or node died, out of memory
                     results[run.name] = -signal.SIGTERM if cancelled else 1
                     if not cancelled:
                         with open(run.log_path, "a") as log:
-                            log.write(f"ray task failed: {e}\n")
+                            log.write(f"ray task failed: {type(e).__name__}: {e}\n")
                 progress.state[run.name] = describe(results[run.name])
             for run in refs.values():  # a task has started once it writes to its run's log
                 if progress.state[run.name] == "submitted" and os.path.exists(run.log_path) and os.path.getmtime(run.log_path) >= submitted - 1:
@@ -303,7 +316,9 @@ def describe(rc: int) -> str:
         return "done"
     if rc == BUSY:
         return "busy"
-    if rc in (-signal.SIGTERM, 128 + signal.SIGTERM, 128 + signal.SIGINT):
+    if rc == FINISHED_ELSEWHERE:
+        return "done elsewhere"
+    if rc in (-signal.SIGTERM, -signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGINT):
         return "stopped"
     return "failed"
 
@@ -324,6 +339,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--refresh", type=float, default=None, help="seconds between progress updates (default: 2 on a terminal, 60 otherwise)")
     p.add_argument("--dry-run", action="store_true", help="print what would run and stop")
     args = p.parse_args(argv)
+    # tyro takes --total_timesteps as well as --total-timesteps: one spelling, so that the checks below see it
+    extra = [re.sub(r"^--([^=]*)", lambda m: "--" + m.group(1).replace("_", "-"), t) if t.startswith("--") else t for t in extra]
     if args.workers < 1:
         p.error(f"--workers must be at least 1, got {args.workers}")
     if args.gpus_per_run < 0:
@@ -347,44 +364,52 @@ def main(argv: Optional[list[str]] = None) -> int:
     args, extra = parse(sys.argv[1:] if argv is None else argv)
     runs_dir = os.path.abspath(args.runs_dir)
     scripts = [os.path.abspath(s if os.path.isfile(s) else os.path.join(ROOT, s)) for s in args.scripts]
-    runs = list({run.name: run for run in (Run(script, env_id, seed, extra, runs_dir)
-                                           for script in scripts for env_id in args.env_ids for seed in args.seeds)}.values())
-    statuses = {run.name: run.status() for run in runs}
-    todo = [(run, statuses[run.name]) for run in runs if statuses[run.name] != "done"]
-    print(f"{len(runs)} runs in {runs_dir}: {len(runs) - len(todo)} finished already, "
-          f"{sum(s == 'resume' for _, s in todo)} to resume, {sum(s == 'new' for _, s in todo)} to start")
+    runs: dict[str, Run] = {}
+    for run in (Run(script, env_id, seed, extra, runs_dir) for script in dict.fromkeys(scripts) for env_id in dict.fromkeys(args.env_ids) for seed in args.seeds):
+        if run.name in runs:  # two scripts with one algo name (sac.py, x/sac_continuous.py) would share directories
+            print(f"error: {runs[run.name].script} and {run.script} both give run {run.name}; rename one", file=sys.stderr)
+            return 2
+        runs[run.name] = run
+    statuses = {name: run.status() for name, run in runs.items()}
+    todo = [run for name, run in runs.items() if statuses[name] != "done"]
+    counts = {s: list(statuses.values()).count(s) for s in ("done", "resume", "new", "stuck")}
+    print(f"{len(runs)} runs in {runs_dir}: {counts['done']} finished already, {counts['resume']} to resume, {counts['new']} to start"
+          + (f", {counts['stuck']} with a final.pt below the budget and no latest.pt" if counts["stuck"] else ""))
     if args.dry_run:
-        for run, status in todo:
-            print(f"{status:<7} {' '.join(run.command(status))}")
+        for run in todo:
+            print(f"{statuses[run.name]:<7} {' '.join(run.command(statuses[run.name]))}")
         return 0
 
-    stop = threading.Event()
+    stop, force = threading.Event(), threading.Event()
 
     def on_signal(signum, frame):
-        if stop.is_set():  # a second signal: do not wait for the runs' checkpoints
-            raise KeyboardInterrupt
-        print(f"\nsignal {signum}: stopping the runs (each saves checkpoints/latest.pt); run the same command again to resume",
-              file=sys.stderr)
+        if stop.is_set():
+            print(f"\nsignal {signum} again: killing the runs without waiting for their checkpoints", file=sys.stderr)
+            force.set()
+            return
+        print(f"\nsignal {signum}: stopping the runs (each saves checkpoints/latest.pt; again to kill them); "
+              "run the same command again to resume", file=sys.stderr)
         stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    def install_signal_handlers():
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+    install_signal_handlers()
     refresh = args.refresh if args.refresh is not None else (2.0 if sys.stdout.isatty() else 60.0)
-    progress = Progress([run for run, _ in todo], refresh)
-    for run in runs:
-        progress.state.setdefault(run.name, "done")
+    progress = Progress(todo, refresh)
     start = time.time()
     if args.ray_address:
-        results = run_ray(todo, args.ray_address, args.gpus_per_run, progress, stop)
+        results = run_ray(todo, args.ray_address, args.gpus_per_run, progress, stop, force, install_signal_handlers)
     else:
-        results = run_local(todo, args.workers, progress, stop)
+        results = run_local(todo, args.workers, progress, stop, force)
     progress.draw(force=True)
 
     print(f"\nsummary ({time.time() - start:.0f} s):")
     from plot import EventLog
 
     failed = []
-    for run in runs:
+    for run in runs.values():
         state = "skipped (finished before)" if statuses[run.name] == "done" else describe(results.get(run.name, -signal.SIGTERM))
         log = EventLog(run.run_dir).reload()
         evals = log.scalars.get("eval/return_mean", {})

@@ -159,18 +159,22 @@ def group_runs(logs: list[EventLog], group_by: list[str]) -> list[Group]:
 
 
 def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], ci: bool = False, n_boot: int = 2000, seed: int = 0):
-    """Mean over seeds and a band (± std, or a 95% bootstrap interval of the mean) on the union of the seeds'
-    steps, up to the last step every seed reached (each curve is linearly interpolated between its points)."""
-    end = min(s[-1] for s, _ in curves)
-    steps = np.unique(np.concatenate([s[s <= end] for s, _ in curves]))
+    """Mean over seeds and a band (± the sample std, or a 95% percentile-bootstrap interval of the mean) on the
+    union of the seeds' steps between the last first step and the first last step of the seeds: within that range
+    every seed has data, linearly interpolated between its own points."""
+    start, end = max(s[0] for s, _ in curves), min(s[-1] for s, _ in curves)
+    steps = np.unique(np.concatenate([s[(s >= start) & (s <= end)] for s, _ in curves]))
     values = np.stack([np.interp(steps, s, v) for s, v in curves])  # (seeds, steps)
     mean = values.mean(axis=0)
-    if ci and len(curves) > 1:
-        rng = np.random.default_rng(seed)
-        boot = values[rng.integers(0, len(curves), size=(n_boot, len(curves)))].mean(axis=1)
-        low, high = np.percentile(boot, [2.5, 97.5], axis=0)
+    n = len(curves)
+    if ci and n > 1:
+        # resampled seeds as multinomial weights: n_boot x n times n x steps, a chunk of steps at a time
+        weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot) / n
+        low, high = np.empty_like(mean), np.empty_like(mean)
+        for i in range(0, len(steps), 1024):
+            low[i:i + 1024], high[i:i + 1024] = np.percentile(weights @ values[:, i:i + 1024], [2.5, 97.5], axis=0)
     else:
-        std = values.std(axis=0)
+        std = values.std(axis=0, ddof=1) if n > 1 else np.zeros_like(mean)
         low, high = mean - std, mean + std
     return steps, mean, low, high
 
@@ -186,17 +190,25 @@ def summarize(groups: list[Group], tag: str) -> list[dict]:
         bests = np.array([r.curve(tag)[1].max() for r in runs])
         steps = [int(r.curve(tag)[0][-1]) for r in runs]
         rows.append({"env_id": g.env_id, "group": g.label, "seeds": len(runs),
-                     "final_mean": finals.mean(), "final_std": finals.std(), "best_mean": bests.mean(), "best_std": bests.std(),
+                     "final_mean": finals.mean(), "final_std": sample_std(finals), "best_mean": bests.mean(), "best_std": sample_std(bests),
                      "steps_min": min(steps), "steps_max": max(steps), "wall_time": float(np.mean([r.wall_time for r in runs]))})
     return rows
+
+
+def sample_std(x: np.ndarray) -> float:
+    return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+
+
+def mean_std(mean: float, std: float) -> str:
+    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
 
 
 def markdown_table(rows: list[dict], tag: str) -> str:
     out = [f"| env | group | seeds | final {tag} | best {tag} | env steps | wall time per run |", "|-|-|-|-|-|-|-|"]
     for r in rows:
         steps = f"{r['steps_min']:,}" if r["steps_min"] == r["steps_max"] else f"{r['steps_min']:,}–{r['steps_max']:,}"
-        out.append(f"| {r['env_id']} | {r['group']} | {r['seeds']} | {r['final_mean']:.1f} ± {r['final_std']:.1f} "
-                   f"| {r['best_mean']:.1f} ± {r['best_std']:.1f} | {steps} | {r['wall_time'] / 60:.1f} min |")
+        out.append(f"| {r['env_id']} | {r['group']} | {r['seeds']} | {mean_std(r['final_mean'], r['final_std'])} "
+                   f"| {mean_std(r['best_mean'], r['best_std'])} | {steps} | {r['wall_time'] / 60:.1f} min |")
     return "\n".join(out) + "\n"
 
 
@@ -209,7 +221,7 @@ def load_references(path: str) -> list[dict]:
 
 
 def short_source(source: str) -> str:
-    return source.split(" (")[0].split(",")[0]
+    return source.split(" (")[0]
 
 
 def algo_of(label: str) -> str:
@@ -257,7 +269,7 @@ def make_figure(groups: list[Group], tag: str, ci: bool = False, references: lis
         ax.legend(fontsize=7, loc="best")
     for ax in list(axes.flat)[len(envs):]:
         ax.remove()
-    fig.suptitle(f"mean over seeds, band: {'95% bootstrap CI of the mean' if ci else '± std'}", fontsize=9)
+    fig.suptitle(f"mean over seeds; band: {'95% bootstrap interval of the mean' if ci else '± sample std'}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -304,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no run under {', '.join(args.paths)} has logged {args.metric}", file=sys.stderr)
         return 1
 
+    if args.ci and min(len(g.curves(args.metric)) for g in groups) < 5:
+        warn("with fewer than 5 seeds a bootstrap interval is coarse (2 seeds give 3 possible means); read it as a rough band")
     os.makedirs(args.out, exist_ok=True)
     stem = args.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", args.metric)
     fig = make_figure(groups, args.metric, ci=args.ci, references=references)

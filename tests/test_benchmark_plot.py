@@ -29,6 +29,31 @@ def summary_states(stdout):
 
 # ---- benchmark.py ----
 
+def test_option_spellings_are_normalised_before_the_checks():
+    args, extra = benchmark.parse(["--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--", "--total_timesteps", "500", "--num_envs=2"])
+    assert extra == ["--total-timesteps", "500", "--num-envs=2"]
+    assert benchmark.Run("/x/ppo_continuous.py", "Pendulum-v1", 1, extra, "/runs").total_timesteps == 500
+    with pytest.raises(SystemExit):
+        benchmark.parse(["--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--", "--env_id", "Hopper-v4"])
+
+
+def test_two_scripts_that_would_share_run_directories_are_refused(tmp_path):
+    shutil.copy(os.path.join(ROOT, "sac_continuous.py"), tmp_path / "sac.py")
+    result = run_script("benchmark.py", "--scripts", "sac_continuous.py", str(tmp_path / "sac.py"), "--env-ids", "Pendulum-v1", "--seeds", "1", cwd=tmp_path)
+    assert result.returncode == 2 and "both give run Pendulum-v1__sac__1" in result.stderr
+
+
+def test_a_run_is_checked_again_once_its_lock_is_held(tmp_path):
+    run = benchmark.Run(os.path.join(ROOT, "ppo_continuous.py"), "Pendulum-v1", 1, ["--total-timesteps", "1000"], str(tmp_path))
+    ckpt = tmp_path / run.name / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.save({"args": {"total_timesteps": 1000}}, ckpt / "final.pt")  # another process finished it meanwhile
+    assert benchmark.execute(run) == benchmark.FINISHED_ELSEWHERE and (ckpt / "final.pt").exists()
+    bigger = benchmark.Run(run.script, run.env_id, 1, ["--total-timesteps", "2000"], str(tmp_path))
+    assert benchmark.execute(bigger) == 1 and (ckpt / "final.pt").exists()  # no latest.pt to extend it from: kept, reported
+    assert "no latest.pt to extend it from" in (tmp_path / "logs" / f"{run.name}.log").read_text()
+
+
 def test_run_names_are_canonical_and_leave_out_the_budget():
     a = benchmark.experiment_slug(["--no-autotune", "--alpha", "0.2", "--total-timesteps", "300000", "--no-progress-bar"])
     b = benchmark.experiment_slug(["--alpha=0.2", "--eval-every", "5000", "--no-autotune"])
@@ -128,7 +153,7 @@ def test_ray_backend_on_a_local_cluster(tmp_path):
     pytest.importorskip("ray")
     ray_cli = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
     port = free_port()
-    env = script_env(RAY_USAGE_STATS_ENABLED="0")
+    env = script_env(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")  # the same (no) authentication for the head and the driver
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     start = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard", "false",
                             "--temp-dir", temp_dir], capture_output=True, text=True, env=env, timeout=180)
@@ -145,6 +170,22 @@ def test_ray_backend_on_a_local_cluster(tmp_path):
         again = run_script("benchmark.py", "--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "2",
                            "--ray-address", f"127.0.0.1:{port}", "--runs-dir", str(tmp_path / "shared"), "--", *PPO_TINY, cwd=tmp_path, env=env)
         assert "2 finished already" in again.stdout and again.returncode == 0
+
+        # Ctrl-C or SIGTERM cancels the tasks, and each run saves its checkpoint before it stops
+        long = [sys.executable, os.path.join(ROOT, "benchmark.py"), "--scripts", "sac_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
+                "--ray-address", f"127.0.0.1:{port}", "--runs-dir", str(tmp_path / "shared"), "--",
+                "--total-timesteps", "100000", "--learning-starts", "300", "--eval-every", "500", "--eval-episodes", "1"]
+        proc = subprocess.Popen(long, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        run_dir = tmp_path / "shared" / "Pendulum-v1__sac__eval-episodes=1_learning-starts=300__1"
+        deadline = time.time() + 120
+        while not (run_dir / "checkpoints" / "best.pt").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 130 and summary_states(out) == {run_dir.name: "stopped"}, out
+        assert "stopped by signal 15" in (tmp_path / "shared" / "logs" / f"{run_dir.name}.log").read_text()
+        assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"] >= 500
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -195,8 +236,8 @@ def test_plot_draws_one_panel_per_env_and_tabulates_the_logged_numbers(tmp_path)
     for env_id, label, seeds, final, best, steps, _ in (map(str.strip, r) for r in rows):
         values = np.array(expected[(env_id, label)])
         assert int(seeds) == len(values) and steps == "5,000"
-        assert final == f"{values[:, -1].mean():.1f} ± {values[:, -1].std():.1f}"
-        assert best == f"{values.max(axis=1).mean():.1f} ± {values.max(axis=1).std():.1f}"
+        assert final == f"{values[:, -1].mean():.1f} ± {values[:, -1].std(ddof=1):.1f}"
+        assert best == f"{values.max(axis=1).mean():.1f} ± {values.max(axis=1).std(ddof=1):.1f}"
 
     # the figure: one panel per env, one line (and band) per group, labelled with its number of seeds
     logs = [plot.EventLog(r).reload() for r in plot.find_runs([str(runs)])]
@@ -225,6 +266,7 @@ def test_plot_reference_lines_and_bootstrap_band(tmp_path):
     expected = fake_grid(runs)
     ref = tmp_path / "ref.csv"
     ref.write_text("algo,env_id,steps,return,source,url\n"
+                   "td3,Hopper-v4,2000,555,Paper A (v3),http://a\n"  # an earlier budget of the same source: not drawn
                    "td3,Hopper-v4,5000,1234.5,Paper A (v3),http://a\n"
                    "td3,Hopper-v4,1000000,3000,Paper A (v3),http://a\n"  # beyond this budget: not drawn
                    "sac,Walker2d-v4,4000,777,Lib B,http://b\n")
@@ -240,13 +282,41 @@ def test_plot_reference_lines_and_bootstrap_band(tmp_path):
     assert np.all(values.min(axis=0) <= low) and np.all(low <= mean) and np.all(mean <= high) and np.all(high <= values.max(axis=0))
 
 
-def test_aggregate_aligns_seeds_on_their_common_steps():
+def test_aggregate_aligns_seeds_on_the_steps_all_of_them_cover():
     a = (np.array([0, 10, 20, 30]), np.array([0.0, 10.0, 20.0, 30.0]))
-    b = (np.array([0, 15, 20]), np.array([0.0, 30.0, 40.0]))  # stopped earlier, evaluated at other steps
+    b = (np.array([5, 15, 20]), np.array([50.0, 30.0, 40.0]))  # started later, stopped earlier, other steps
     steps, mean, low, high = plot.aggregate([a, b])
-    assert steps.tolist() == [0, 10, 15, 20]
-    np.testing.assert_allclose(mean, [0.0, (10 + 20) / 2, (15 + 30) / 2, (20 + 40) / 2])
-    np.testing.assert_allclose(high - mean, [0.0, 5.0, 7.5, 10.0])
+    assert steps.tolist() == [5, 10, 15, 20]  # nothing before b's first point or after its last
+    np.testing.assert_allclose(mean, [(5 + 50) / 2, (10 + 40) / 2, (15 + 30) / 2, (20 + 40) / 2])
+    np.testing.assert_allclose(high - mean, np.abs(np.array([5 - 50, 10 - 40, 15 - 30, 20 - 40])) / np.sqrt(2))  # sample std
+
+
+def test_bootstrap_interval_of_two_seeds():
+    # two seeds at 0 and 10: resampled means are 0, 5 or 10 with probabilities 1/4, 1/2, 1/4
+    steps, mean, low, high = plot.aggregate([(np.arange(3), np.zeros(3)), (np.arange(3), np.full(3, 10.0))], ci=True)
+    assert mean.tolist() == [5.0] * 3 and low.tolist() == [0.0] * 3 and high.tolist() == [10.0] * 3
+
+
+def test_event_log_reads_new_events_and_files_as_they_arrive(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    log = plot.EventLog(str(tmp_path / "r"))
+    writer = SummaryWriter(str(tmp_path / "r"))
+    writer.add_scalar("eval/return_mean", 1.0, 10)
+    writer.flush()
+    assert log.reload().curve("eval/return_mean")[1].tolist() == [1.0]
+    writer.add_scalar("eval/return_mean", 2.0, 20)
+    writer.add_scalar("eval/return_mean", 3.0, 30)
+    writer.flush()
+    assert log.reload().curve("eval/return_mean")[1].tolist() == [1.0, 2.0, 3.0]
+    writer.close()
+    time.sleep(1.1)
+    resumed = SummaryWriter(str(tmp_path / "r"), purge_step=20)  # a resumed process, from a checkpoint at step 19
+    resumed.add_scalar("eval/return_mean", 22.0, 20)
+    resumed.flush()
+    assert log.reload().curve("eval/return_mean")[0].tolist() == [10, 20]
+    assert log.curve("eval/return_mean")[1].tolist() == [1.0, 22.0]
+    resumed.close()
 
 
 def test_event_log_drops_the_steps_a_resumed_run_logged_again(tmp_path):
@@ -267,8 +337,8 @@ def test_plot_selects_runs_and_cuts_at_a_budget(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = [line.split("|")[1:-1] for line in (tmp_path / "plots" / "eval_return_mean.md").read_text().splitlines()[2:]]
     values = np.array(expected[("Hopper-v4", "td3_continuous")])[:, :3]  # steps 1000, 2000, 3000
-    assert [[c.strip() for c in r[:6]] for r in rows] == [["Hopper-v4", "td3_continuous", "2", f"{values[:, -1].mean():.1f} ± {values[:, -1].std():.1f}",
-                                                           f"{values.max(axis=1).mean():.1f} ± {values.max(axis=1).std():.1f}", "3,000"]]
+    assert [[c.strip() for c in r[:6]] for r in rows] == [["Hopper-v4", "td3_continuous", "2", f"{values[:, -1].mean():.1f} ± {values[:, -1].std(ddof=1):.1f}",
+                                                           f"{values.max(axis=1).mean():.1f} ± {values.max(axis=1).std(ddof=1):.1f}", "3,000"]]
 
 
 def test_a_run_that_another_benchmark_is_running_is_left_alone(tmp_path):

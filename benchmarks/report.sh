@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Draw the figures and tables of README's results report into docs/, from the committed TensorBoard logs
+# (benchmarks/runs) or from your own: RUNS=runs bash benchmarks/report.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-benchmarks/runs}
+plot() { python plot.py "$RUNS" --out docs "$@" > /dev/null; }
+
+# returns at each budget, with the published returns as dashed lines
+plot --name offpolicy_halfcheetah_100k --match '^HalfCheetah-v4__(sac|td3|ddpg)__[0-9]+$' --max-step 100000 --reference
+plot --name offpolicy_halfcheetah_300k --match '^HalfCheetah-v4__(sac|td3|ddpg)__1$' --reference
+plot --name onpolicy_1m --match '^(HalfCheetah|Hopper|Walker2d)-v4__(ppo|a2c)__[0-9]+$' --reference
+
+# experiments
+plot --name exp_temperature --match '^HalfCheetah-v4__(sac|td3|ddpg)(__alpha=0.2_no-autotune)?__[0-9]+$' --max-step 100000 --group-by autotune
+plot --name exp_ppo_norm_obs --match '^Hopper-v4__ppo(__no-norm-obs)?__[12]$' --group-by norm_obs
+plot --name exp_ppo_num_envs --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps
+ls docs
