@@ -535,6 +535,10 @@ def main() -> None:
     if checkpoint is not None:
         state = checkpoint["resume_state"]
         agent.load_state_dict(checkpoint["policy"])
+        missing = [name for name in resume_objects if name not in state]
+        if missing:  # a checkpoint of an older version of this script
+            print(f"error: {cli.resume} has no resume state for {', '.join(missing)}; it was written by another version of {ALGO}.py", file=sys.stderr)
+            sys.exit(2)
         for name, obj in resume_objects.items():
             obj.load_state_dict(state[name])
         if obs_rms is not None:

@@ -178,6 +178,14 @@ def test_resume_refuses_a_malicious_checkpoint(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_resume_refuses_a_checkpoint_of_another_version_with_one_line(pendulum_run, tmp_path):
+    checkpoint = torch.load(pendulum_run / "checkpoints" / "latest.pt", weights_only=True)
+    del checkpoint["resume_state"]["temperature"]  # as an older sac_continuous.py wrote it
+    torch.save(checkpoint, tmp_path / "old.pt")
+    result = run_script(SCRIPT, "--resume", tmp_path / "old.pt", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "has no resume state for temperature" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_track_with_wandb_offline(tmp_path):
     result = run_script(SCRIPT, "--env-id", "Pendulum-v1", "--total-timesteps", 300, "--learning-starts", 100, "--eval-episodes", 1,
                         "--log-every", 100, "--track", "--run-name", "tracked", *SMALL, cwd=tmp_path, env=script_env(WANDB_MODE="offline"))
