@@ -220,6 +220,10 @@ def load_references(path: str) -> list[dict]:
     return rows
 
 
+def format_steps(x: float) -> str:
+    return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if x else "0"
+
+
 def short_source(source: str) -> str:
     return source.split(" (")[0]
 
@@ -240,7 +244,7 @@ def make_figure(groups: list[Group], tag: str, ci: bool = False, references: lis
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.8 * nrows), squeeze=False)
     labels = sorted({g.label for g in groups})
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
-    sources = sorted({r["source"] for r in references or []})
+    sources = sorted({short_source(r["source"]) for r in references or []})
     dashes = [(6, 3), (2, 2), (8, 2, 2, 2), (4, 1, 1, 1)]  # one dash pattern per source
     for ax, env_id in zip(axes.flat, envs):
         xmax = 0
@@ -252,18 +256,20 @@ def make_figure(groups: list[Group], tag: str, ci: bool = False, references: lis
             ax.plot(steps, mean, color=colors[g.label], label=f"{g.label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             ax.fill_between(steps, low, high, color=colors[g.label], alpha=0.2, linewidth=0)
             xmax = max(xmax, int(steps[-1]))
-        for ref in references or []:  # the published return at the budget closest to (not above 1.1x) this panel's
-            if ref["env_id"] != env_id or ref["steps"] > 1.1 * xmax:
+        algos = {algo_of(g.label) for g in groups if g.env_id == env_id}
+        for ref in references or []:  # for each plotted algorithm and source: its largest budget up to 1.1x this panel's
+            if ref["env_id"] != env_id or ref["algo"] not in algos or ref["steps"] > 1.1 * xmax:
                 continue
-            same = [r for r in references if (r["env_id"], r["algo"], r["source"]) == (env_id, ref["algo"], ref["source"]) and r["steps"] <= 1.1 * xmax]
-            if ref["steps"] != max(r["steps"] for r in same):
+            key = (ref["algo"], short_source(ref["source"]))
+            if ref["steps"] != max(r["steps"] for r in references if (r["env_id"], r["algo"], short_source(r["source"])) == (env_id, *key)
+                                   and r["steps"] <= 1.1 * xmax):
                 continue
-            color = next((colors[lab] for lab in labels if algo_of(lab) == ref["algo"]), "gray")
-            ax.axhline(ref["return"], color=color, linestyle=(0, dashes[sources.index(ref["source"]) % len(dashes)]), linewidth=1.2,
-                       gid="reference", label=f"{ref['algo']}, {short_source(ref['source'])} @ {ref['steps'] // 1000}k: {ref['return']:.0f}")
+            color = next(colors[lab] for lab in labels if algo_of(lab) == ref["algo"])
+            ax.axhline(ref["return"], color=color, linestyle=(0, dashes[sources.index(key[1]) % len(dashes)]), linewidth=1.2,
+                       gid="reference", label=f"{ref['algo']}, {key[1]} @ {format_steps(ref['steps'])}: {ref['return']:.0f}")
         ax.set_title(env_id)
         ax.set_xlabel("environment steps")
-        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if x else "0")
+        ax.xaxis.set_major_formatter(lambda x, _: format_steps(x))
         ax.set_ylabel(tag)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

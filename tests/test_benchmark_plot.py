@@ -266,7 +266,8 @@ def test_plot_reference_lines_and_bootstrap_band(tmp_path):
     expected = fake_grid(runs)
     ref = tmp_path / "ref.csv"
     ref.write_text("algo,env_id,steps,return,source,url\n"
-                   "td3,Hopper-v4,2000,555,Paper A (v3),http://a\n"  # an earlier budget of the same source: not drawn
+                   "td3,Hopper-v4,2000,555,\"Paper A (v3, other table)\",http://a\n"  # an earlier budget of the same source: not drawn
+                   "ppo,Hopper-v4,5000,999,Lib B,http://b\n"  # no ppo run in the plot: not drawn
                    "td3,Hopper-v4,5000,1234.5,Paper A (v3),http://a\n"
                    "td3,Hopper-v4,1000000,3000,Paper A (v3),http://a\n"  # beyond this budget: not drawn
                    "sac,Walker2d-v4,4000,777,Lib B,http://b\n")
