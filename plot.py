@@ -164,6 +164,8 @@ def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], ci: bool = False, n_b
     every seed has data, linearly interpolated between its own points."""
     start, end = max(s[0] for s, _ in curves), min(s[-1] for s, _ in curves)
     steps = np.unique(np.concatenate([s[(s >= start) & (s <= end)] for s, _ in curves]))
+    if not len(steps):  # no step that every seed covers
+        return steps, *(np.empty(0) for _ in range(3))
     values = np.stack([np.interp(steps, s, v) for s, v in curves])  # (seeds, steps)
     mean = values.mean(axis=0)
     n = len(curves)
@@ -253,6 +255,9 @@ def make_figure(groups: list[Group], tag: str, ci: bool = False, references: lis
             if not curves:
                 continue
             steps, mean, low, high = aggregate(curves, ci=ci)
+            if not len(steps):
+                warn(f"{env_id} / {g.label}: its seeds share no range of steps (one still at its start?); not drawn")
+                continue
             ax.plot(steps, mean, color=colors[g.label], label=f"{g.label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             ax.fill_between(steps, low, high, color=colors[g.label], alpha=0.2, linewidth=0)
             xmax = max(xmax, int(steps[-1]))

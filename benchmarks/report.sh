@@ -15,4 +15,5 @@ plot --name onpolicy_1m --match '^(HalfCheetah|Hopper|Walker2d)-v4__(ppo|a2c)__[
 plot --name exp_temperature --match '^HalfCheetah-v4__(sac|td3|ddpg)(__alpha=0.2_no-autotune)?__[0-9]+$' --max-step 100000 --group-by autotune
 plot --name exp_ppo_norm_obs --match '^Hopper-v4__ppo(__no-norm-obs)?__[12]$' --group-by norm_obs
 plot --name exp_ppo_num_envs --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps
+plot --name exp_ppo_num_envs_sps --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps --metric charts/SPS
 ls docs

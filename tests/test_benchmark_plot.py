@@ -292,6 +292,17 @@ def test_aggregate_aligns_seeds_on_the_steps_all_of_them_cover():
     np.testing.assert_allclose(high - mean, np.abs(np.array([5 - 50, 10 - 40, 15 - 30, 20 - 40])) / np.sqrt(2))  # sample std
 
 
+def test_seeds_without_common_steps_are_not_averaged(tmp_path):
+    early = (np.array([0, 10]), np.array([1.0, 2.0]))
+    late = (np.array([20, 30]), np.array([3.0, 4.0]))  # e.g. a seed evaluated every 100k next to one just started
+    assert all(len(a) == 0 for a in plot.aggregate([early, late]))
+    runs = tmp_path / "runs"
+    for seed, curve in ((1, early), (2, late)):
+        write_run(runs, f"r{seed}", {"exp_name": "sac_continuous", "seed": seed, "env_id": "Hopper-v4"}, list(zip(*curve)))
+    result = run_script("plot.py", str(runs), "--out", str(tmp_path / "plots"), cwd=tmp_path)
+    assert result.returncode == 0 and "share no range of steps" in result.stderr, result.stderr
+
+
 def test_bootstrap_interval_of_two_seeds():
     # two seeds at 0 and 10: resampled means are 0, 5 or 10 with probabilities 1/4, 1/2, 1/4
     steps, mean, low, high = plot.aggregate([(np.arange(3), np.zeros(3)), (np.arange(3), np.full(3, 10.0))], ci=True)
