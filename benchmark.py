@@ -29,12 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from plot import RESUMABLE, EventLog
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # arguments the runs themselves get from this script
 RESERVED = {"--env-id", "--seed", "--runs-dir", "--run-name", "--resume"}
-# arguments a resumed run may change (the scripts' resume_args): they do not name a different experiment
-NOT_IN_NAME = {"total-timesteps", "cuda", "torch-threads", "compile", "cudagraphs", "track", "progress-bar", "log-every",
-               "eval-every", "checkpoint-every", "capture-video", "save-buffer", "vector-mode"}
 BUSY = -1000  # exit status of a run that another benchmark process is running
 FINISHED_ELSEWHERE = -1001  # exit status of a run that another benchmark process finished meanwhile
 
@@ -55,7 +54,7 @@ def experiment_slug(extra: list[str]) -> str:
                 values.append(extra[i])
                 i += 1
             value = ",".join(values)
-        if name.removeprefix("no-").replace("_", "-") not in NOT_IN_NAME:
+        if name.removeprefix("no-").replace("-", "_") not in RESUMABLE:
             items.append(f"{name}={value}" if value else name)
     slug = re.sub(r"[^A-Za-z0-9=.,+_-]+", "-", "_".join(sorted(items)))
     if len(slug) > 60:
@@ -187,8 +186,6 @@ class Progress:
     """One line per run: status, step, SPS and latest evaluation, read from the runs' TensorBoard logs."""
 
     def __init__(self, runs: list[Run], refresh: float, stream=sys.stdout):
-        from plot import EventLog
-
         self.runs, self.refresh, self.stream = runs, refresh, stream
         self.logs = {run.name: EventLog(run.run_dir) for run in runs}
         self.state = {run.name: "pending" for run in runs}
@@ -406,8 +403,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     progress.draw(force=True)
 
     print(f"\nsummary ({time.time() - start:.0f} s):")
-    from plot import EventLog
-
     failed = []
     for run in runs.values():
         state = "skipped (finished before)" if statuses[run.name] == "done" else describe(results.get(run.name, -signal.SIGTERM))
