@@ -93,6 +93,8 @@ class Args:
     """global gradient-norm clip"""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """hidden layer widths of the actor and of the critic (tanh)"""
+    log_std_init: float = 0.0
+    """initial log standard deviation of the Gaussian policy (0: std 1; -0.5, std 0.61, Tianshou's choice, made no clear difference: see README)"""
     norm_obs: bool = True
     """normalise observations with running statistics (saved in every checkpoint, frozen for evaluation)"""
     norm_reward: bool = True
@@ -251,11 +253,12 @@ def tanh_mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, out_std: 
 class Agent(nn.Module):
     """Gaussian policy with a state-independent log-std, and a value function; both on normalised observations (B, obs_dim)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, action_low: list, action_high: list, hidden_sizes: tuple[int, ...] = (64, 64)):
+    def __init__(self, obs_dim: int, act_dim: int, action_low: list, action_high: list, hidden_sizes: tuple[int, ...] = (64, 64),
+                 log_std_init: float = 0.0):
         super().__init__()
         self.critic = tanh_mlp(obs_dim, tuple(hidden_sizes), 1, out_std=1.0)
         self.actor_mean = tanh_mlp(obs_dim, tuple(hidden_sizes), act_dim, out_std=0.01)
-        self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
+        self.actor_logstd = nn.Parameter(torch.full((1, act_dim), float(log_std_init)))
         self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
 
@@ -489,7 +492,7 @@ def main() -> None:
     # ALGO LOGIC: agent
     policy_kwargs = {"obs_dim": obs_dim, "act_dim": act_dim, "hidden_sizes": list(args.hidden_sizes),
                      "action_low": envs.single_action_space.low.tolist(), "action_high": envs.single_action_space.high.tolist()}
-    agent = Agent(**policy_kwargs).to(device)
+    agent = Agent(**policy_kwargs, log_std_init=args.log_std_init).to(device)
     if args.optimizer == "rmsprop":
         optimizer = torch.optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=1e-5)
     else:

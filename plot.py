@@ -140,13 +140,18 @@ def group_runs(logs: list[EventLog], group_by: list[str]) -> list[Group]:
     for g in group_by:  # a script without the argument (TD3 has no alpha) just does not split on it
         if logs and not any(g in log.hparams for log in logs):
             raise KeyError(f"no run has an argument {g}; the arguments are: {', '.join(sorted(set().union(*(log.hparams for log in logs))))}")
+    # an argument that other runs of the same script log but this one does not: an older version of the script
+    script_args: dict[str, set] = {}
+    for log in logs:
+        script_args.setdefault(log.hparams.get("exp_name", "?"), set()).update(log.hparams)
     groups: dict[tuple[str, str], Group] = {}
     for log in logs:
         h = log.hparams
         if "env_id" not in h:
             warn(f"{log.run_dir}: no hyperparameters logged (not a run of this project?); skipped")
             continue
-        label = " ".join([h.get("exp_name", "?")] + [f"{g}={h[g]}" for g in group_by if g != "exp_name" and g in h])
+        name = h.get("exp_name", "?")
+        label = " ".join([name] + [f"{g}={h.get(g, '(not logged)')}" for g in group_by if g != "exp_name" and g in script_args[name]])
         groups.setdefault((h["env_id"], label), Group(h["env_id"], label)).runs.append(log)
     for g in groups.values():  # runs that differ in a hyperparameter are not seeds of one experiment: say so
         differing = sorted(k for k in set().union(*(r.hparams for r in g.runs)) - NOT_HYPERPARAMETERS - set(group_by)
@@ -293,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="eval/return_mean", help="the scalar tag to plot")
     p.add_argument("--group-by", nargs="*", default=[], metavar="ARG",
                    help="script arguments (as in the run's hyperparameters, e.g. alpha num_envs) that separate lines")
+    p.add_argument("--assume", nargs="*", default=[], metavar="ARG=VALUE",
+                   help="runs that do not log ARG (written by a script version before it had the option) ran with VALUE")
     p.add_argument("--env-ids", nargs="*", default=None, help="only these envs")
     p.add_argument("--match", default=None, metavar="REGEX", help="only runs whose directory name matches this regular expression")
     p.add_argument("--max-step", type=int, default=None, help="cut the curves at this many environment steps (the budget of the table)")
@@ -303,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="file name stem of the figure (default: from the metric)")
     args = p.parse_args(argv)
     args.group_by = [g.replace("-", "_") for g in args.group_by]
+    if any("=" not in a for a in args.assume):
+        print(f"error: --assume takes ARG=VALUE, got {' '.join(args.assume)}", file=sys.stderr)
+        return 2
+    assumed = {key.replace("-", "_"): value for key, value in (a.split("=", 1) for a in args.assume)}
 
     try:
         runs = find_runs(args.paths)
@@ -313,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.match:
         runs = [r for r in runs if re.search(args.match, os.path.basename(r))]
     logs = [EventLog(r).reload() for r in runs]
+    script_args: dict[str, set] = {}  # --assume fills in only what other runs of the same script log
+    for log in logs:
+        script_args.setdefault(log.hparams.get("exp_name"), set()).update(log.hparams)
+    for log in logs:
+        log.hparams = {**{k: v for k, v in assumed.items() if k in script_args[log.hparams.get("exp_name")]}, **log.hparams}
     if args.max_step is not None:
         for log in logs:
             log.truncate(args.max_step)

@@ -242,10 +242,13 @@ class QEnsemble(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
             nn.init.uniform_(bias, -bound, bound)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
-        """detach_params: gradients reach the actions but not the weights (the actor's loss)."""
-        x = torch.cat([obs, actions], -1).unsqueeze(0).expand(len(self.weights[0]), -1, -1)
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False, members: Optional[int] = None) -> torch.Tensor:
+        """detach_params: gradients reach the actions but not the weights (the actor's loss).
+        members: evaluate only the first `members` critics, (members, B) (TD3's and DDPG's actor loss uses the first)."""
+        x = torch.cat([obs, actions], -1).unsqueeze(0).expand(members or len(self.weights[0]), -1, -1)
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if members is not None:
+                weight, bias = weight[:members], bias[:members]
             if detach_params:
                 weight, bias = weight.detach(), bias.detach()
             x = torch.baddbmm(bias, x, weight)

@@ -250,10 +250,13 @@ class QEnsemble(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
             nn.init.uniform_(bias, -bound, bound)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
-        """detach_params: gradients reach the actions but not the weights (the actor's loss)."""
-        x = torch.cat([obs, actions], -1).unsqueeze(0).expand(len(self.weights[0]), -1, -1)
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False, members: Optional[int] = None) -> torch.Tensor:
+        """detach_params: gradients reach the actions but not the weights (the actor's loss).
+        members: evaluate only the first `members` critics, (members, B) (TD3's and DDPG's actor loss uses the first)."""
+        x = torch.cat([obs, actions], -1).unsqueeze(0).expand(members or len(self.weights[0]), -1, -1)
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if members is not None:
+                weight, bias = weight[:members], bias[:members]
             if detach_params:
                 weight, bias = weight.detach(), bias.detach()
             x = torch.baddbmm(bias, x, weight)
@@ -338,7 +341,7 @@ def update_critic(obs, actions, rewards, next_obs, terminations, actor_target: A
 
 def update_actor(obs, actor: Actor, qf: QEnsemble, actor_optimizer: torch.optim.Optimizer):
     """Deterministic policy gradient through the first critic (Fujimoto et al. 2018, section 4.2)."""
-    actor_loss = -qf(obs, actor(obs), detach_params=True)[0].mean()
+    actor_loss = -qf(obs, actor(obs), detach_params=True, members=1)[0].mean()
     actor_optimizer.zero_grad(set_to_none=True)
     actor_loss.backward()
     actor_optimizer.step()

@@ -261,6 +261,27 @@ def test_plot_warns_when_a_group_mixes_hyperparameters(tmp_path):
     assert bad.returncode == 2 and "no run has an argument batch_size" in bad.stderr
 
 
+def test_runs_of_an_older_script_without_the_argument_get_their_own_group(tmp_path):
+    """Grouping by an argument the script gained later: its older runs form a group labelled (not logged), not
+    merged into another; a script that never had the argument (td3 has no alpha) is not split on it."""
+    runs = tmp_path / "runs"
+    for seed, std in ((1, None), (2, None), (1, -1.0), (2, -1.0)):
+        hp = {"exp_name": "ppo_continuous", "seed": seed, "env_id": "Hopper-v4"} | ({} if std is None else {"log_std_init": std})
+        write_run(runs, f"ppo__{std}__{seed}", hp, [(1000, 10.0 * seed), (2000, 20.0 * seed)])
+    write_run(runs, "td3__1", {"exp_name": "td3_continuous", "seed": 1, "env_id": "Hopper-v4"}, [(1000, 1.0), (2000, 2.0)])
+    logs = [plot.EventLog(r).reload() for r in plot.find_runs([str(runs)])]
+    groups = {g.label: len(g.runs) for g in plot.group_runs(logs, ["log_std_init"])}
+    assert groups == {"ppo_continuous log_std_init=(not logged)": 2, "ppo_continuous log_std_init=-1.0": 2, "td3_continuous": 1}
+    # --assume: what the older runs ran with, so they join the runs that log it
+    write_run(runs, "ppo__0.0__3", {"exp_name": "ppo_continuous", "seed": 3, "env_id": "Hopper-v4", "log_std_init": 0.0}, [(1000, 30.0), (2000, 60.0)])
+    result = run_script("plot.py", str(runs), "--out", str(tmp_path / "plots"), "--group-by", "log-std-init", "--assume", "log-std-init=0.0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ppo_continuous log_std_init=0.0 | 3 | 40.0 ± 20.0 |" in result.stdout and "(not logged)" not in result.stdout
+    assert "ppo_continuous log_std_init=-1.0 | 2 |" in result.stdout and "td3_continuous | 1 |" in result.stdout
+    bad = run_script("plot.py", str(runs), "--assume", "log_std_init", cwd=tmp_path)
+    assert bad.returncode == 2 and "ARG=VALUE" in bad.stderr
+
+
 def test_plot_reference_lines_and_bootstrap_band(tmp_path):
     runs = tmp_path / "runs"
     expected = fake_grid(runs)

@@ -118,6 +118,23 @@ def test_actor_update_raises_q(module):
     assert all(p.grad is None for p in qf.parameters())
 
 
+def test_first_member_alone_matches_the_ensemble():
+    """TD3's actor loss evaluates only the first critic: same values and action gradients as the full ensemble's first row."""
+    torch.manual_seed(0)
+    qf = td3.QEnsemble(3, 2, (16, 8), num_q=2)
+    obs = torch.randn(10, 3)
+    actions = torch.randn(10, 2, requires_grad=True)
+    full = qf(obs, actions, detach_params=True)
+    (full_grad,) = torch.autograd.grad(full[0].sum(), actions, retain_graph=True)
+    first = qf(obs, actions, detach_params=True, members=1)
+    assert first.shape == (1, 10)
+    torch.testing.assert_close(first[0], full[0])
+    (first_grad,) = torch.autograd.grad(first[0].sum(), actions)
+    torch.testing.assert_close(first_grad, full_grad)
+    (second_grad,) = torch.autograd.grad(full[1].sum(), actions)
+    assert not torch.allclose(first_grad, second_grad)  # the first member, not the second
+
+
 @pytest.fixture(scope="module", params=SCRIPTS)
 def smoke_run(request, tmp_path_factory):
     """A short Pendulum run with --policy-frequency 3, which divides neither the log interval nor the steps."""

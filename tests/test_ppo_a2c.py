@@ -40,6 +40,16 @@ def reference_gae(rewards, values, next_value, terminations, truncations, real, 
     return advantages
 
 
+@pytest.mark.parametrize("module", [ppo, a2c])
+def test_initial_policy_spread_follows_log_std_init(module):
+    torch.manual_seed(0)
+    for log_std_init in (0.0, -1.0):
+        agent = module.Agent(4, 2, [-1.0, -1.0], [1.0, 1.0], (8, 8), log_std_init=log_std_init)
+        obs = torch.zeros(20_000, 4)
+        actions = agent.get_action_and_value(obs)[0]  # unclipped samples around the (shared) mean
+        torch.testing.assert_close(actions.std(0), torch.full((2,), float(np.exp(log_std_init))), rtol=0.03, atol=0)
+
+
 @pytest.mark.parametrize("lam", [0.95, 1.0])
 def test_gae_matches_per_episode_reference_with_truncation_and_termination(lam):
     rng = np.random.default_rng(0)

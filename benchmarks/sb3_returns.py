@@ -1,0 +1,81 @@
+"""Returns per env step of Stable-Baselines3's PPO or A2C at its defaults, logged the way this project's scripts log
+them, so that plot.py draws them beside ours.
+
+    python benchmarks/sb3_returns.py --algo ppo --env-id HalfCheetah-v4 --seed 1 [--total-timesteps 1000000] [--runs-dir runs]
+
+The run goes to <runs-dir>/<env>__sb3_<algo>__<seed>: TensorBoard scalars eval/return_mean and eval/return_std
+every --eval-every env steps, and the 'hyperparameters' text table plot.py groups by (exp_name sb3_<algo>, env_id,
+seed). The evaluation is the one our scripts do: --eval-episodes episodes on a separate env, episode i reset with
+seed + 100000 + i, the deterministic action (the Gaussian's mean, clipped to the bounds by SB3's predict).
+SB3 gets one torch thread, as our scripts do. Needs stable-baselines3: pip install -r requirements-bench.txt."""
+import argparse
+import os
+import sys
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+
+def evaluate(model, env: gym.Env, episodes: int, seed: int) -> np.ndarray:
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    return np.asarray(returns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algo", choices=["ppo", "a2c"], default="ppo")
+    parser.add_argument("--env-id", default="HalfCheetah-v4")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--total-timesteps", type=int, default=1_000_000)
+    parser.add_argument("--eval-every", type=int, default=10_000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--runs-dir", default="runs")
+    args = parser.parse_args(argv)
+    for name in ("total_timesteps", "eval_every", "eval_episodes"):
+        if getattr(args, name) <= 0:
+            print(f"error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    torch.set_num_threads(1)
+    exp_name = f"sb3_{args.algo}"
+    run_dir = os.path.join(args.runs_dir, f"{args.env_id}__{exp_name}__{args.seed}")
+    if os.path.exists(run_dir):
+        print(f"error: {run_dir} exists; this script does not resume", file=sys.stderr)
+        return 2
+    writer = SummaryWriter(run_dir)
+    table = {"exp_name": exp_name, "env_id": args.env_id, "seed": args.seed, "total_timesteps": args.total_timesteps,
+             "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "defaults": "stable-baselines3"}
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in table.items()))
+    eval_env = gym.make(args.env_id)
+    model = {"ppo": PPO, "a2c": A2C}[args.algo]("MlpPolicy", gym.make(args.env_id), seed=args.seed, device="cpu")
+
+    class Evaluate(BaseCallback):
+        def _on_step(self) -> bool:
+            step = self.num_timesteps  # one env: one env step per call
+            if step % args.eval_every == 0 or step == args.total_timesteps:
+                returns = evaluate(self.model, eval_env, args.eval_episodes, args.seed + 100_000)
+                writer.add_scalar("eval/return_mean", returns.mean(), step)
+                writer.add_scalar("eval/return_std", returns.std(), step)
+                writer.flush()
+            return True
+
+    model.learn(args.total_timesteps, callback=Evaluate())
+    writer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
