@@ -136,14 +136,19 @@ class Group:
         return [c for c in (run.curve(tag) for run in self.runs) if len(c[0])]
 
 
-def group_runs(logs: list[EventLog], group_by: list[str]) -> list[Group]:
-    for g in group_by:  # a script without the argument (TD3 has no alpha) just does not split on it
-        if logs and not any(g in log.hparams for log in logs):
-            raise KeyError(f"no run has an argument {g}; the arguments are: {', '.join(sorted(set().union(*(log.hparams for log in logs))))}")
+def group_runs(logs: list[EventLog], group_by: list[str], assume: dict[str, str] | None = None) -> list[Group]:
+    """assume: values of arguments that some runs do not log (written by a script version before it had the
+    option), filled in where other runs of the same script log them."""
     # an argument that other runs of the same script log but this one does not: an older version of the script
     script_args: dict[str, set] = {}
     for log in logs:
         script_args.setdefault(log.hparams.get("exp_name", "?"), set()).update(log.hparams)
+    for log in logs:
+        name = log.hparams.get("exp_name", "?")
+        log.hparams = {**{k: v for k, v in (assume or {}).items() if k in script_args[name]}, **log.hparams}
+    for g in group_by:  # a script without the argument (TD3 has no alpha) just does not split on it
+        if logs and not any(g in log.hparams for log in logs):
+            raise KeyError(f"no run has an argument {g}; the arguments are: {', '.join(sorted(set().union(*(log.hparams for log in logs))))}")
     groups: dict[tuple[str, str], Group] = {}
     for log in logs:
         h = log.hparams
@@ -324,18 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.match:
         runs = [r for r in runs if re.search(args.match, os.path.basename(r))]
     logs = [EventLog(r).reload() for r in runs]
-    script_args: dict[str, set] = {}  # --assume fills in only what other runs of the same script log
-    for log in logs:
-        script_args.setdefault(log.hparams.get("exp_name"), set()).update(log.hparams)
-    for log in logs:
-        log.hparams = {**{k: v for k, v in assumed.items() if k in script_args[log.hparams.get("exp_name")]}, **log.hparams}
     if args.max_step is not None:
         for log in logs:
             log.truncate(args.max_step)
     if args.env_ids:
         logs = [log for log in logs if log.hparams.get("env_id") in args.env_ids]
     try:
-        groups = group_runs(logs, args.group_by)
+        groups = group_runs(logs, args.group_by, assumed)
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
