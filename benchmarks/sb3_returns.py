@@ -6,30 +6,18 @@ them, so that plot.py draws them beside ours.
 The run goes to <runs-dir>/<env>__sb3_<algo>__<seed>: TensorBoard scalars eval/return_mean and eval/return_std
 every --eval-every env steps, and the 'hyperparameters' text table plot.py groups by (exp_name sb3_<algo>, env_id,
 seed). The evaluation is the one our scripts do: --eval-episodes episodes on a separate env, episode i reset with
-seed + 100000 + i, the deterministic action (the Gaussian's mean, clipped to the bounds by SB3's predict).
+seed + 100000 + i (ppo_continuous.evaluate itself), the deterministic action (the Gaussian's mean, clipped to the bounds by SB3's predict).
 SB3 gets one torch thread, as our scripts do. Needs stable-baselines3: pip install -r requirements-bench.txt."""
 import argparse
 import os
 import sys
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-
-def evaluate(model, env: gym.Env, episodes: int, seed: int) -> np.ndarray:
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, episode_return = False, 0.0
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            episode_return += float(reward)
-            done = terminated or truncated
-        returns.append(episode_return)
-    return np.asarray(returns)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ppo_continuous import evaluate  # noqa: E402  the evaluation every script of ours runs, for SB3 too
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         def _on_step(self) -> bool:
             step = self.num_timesteps  # one env: one env step per call
             if step % args.eval_every == 0 or step == args.total_timesteps:
-                returns = evaluate(self.model, eval_env, args.eval_episodes, args.seed + 100_000)
+                act_fn = lambda obs: self.model.predict(obs, deterministic=True)[0]  # noqa: E731
+                returns = evaluate(act_fn, eval_env, args.eval_episodes, args.seed + 100_000)
                 writer.add_scalar("eval/return_mean", returns.mean(), step)
                 writer.add_scalar("eval/return_std", returns.std(), step)
                 writer.flush()
