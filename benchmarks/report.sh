@@ -13,6 +13,7 @@ plot --name onpolicy_1m --match '^(HalfCheetah|Hopper|Walker2d)-v4__(ppo|a2c)__[
 
 # experiments
 plot --name exp_temperature --match '^HalfCheetah-v4__(sac|td3|ddpg)(__alpha=0.2_no-autotune)?__[0-9]+$' --max-step 100000 --group-by autotune
+plot --name exp_sac_precision --match '^HalfCheetah-v4__sac(__precision=bfloat16)?__[0-9]+$' --max-step 100000 --group-by precision --assume precision=float32
 plot --name exp_ppo_norm_obs --match '^Hopper-v4__ppo(__no-norm-obs)?__[12]$' --group-by norm_obs
 plot --name exp_ppo_num_envs --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps
 plot --name exp_ppo_log_std --match '^(HalfCheetah|Hopper|Walker2d)-v4__ppo(__log-std-init=-1.0|__log-std-init=-0.5)?__[0-9]+$' --group-by log_std_init --assume log-std-init=0.0
