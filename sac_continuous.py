@@ -140,13 +140,14 @@ def check_args(args: Args) -> None:
 
 
 def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates it, slower than float32."""
+    """Whether this CPU multiplies bfloat16 natively (x86: AVX-512 BF16 or AMX; Arm: BF16); elsewhere torch emulates it,
+    slower than float32."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = set(f.read().split())
     except OSError:
         return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
@@ -453,7 +454,7 @@ def resume_args(saved: dict, argv: Optional[list] = None) -> Args:
     """The arguments of a resumed run: the saved ones, with the command line read again on top of them. Only the
     budget and the device, logging and checkpoint options may change; anything else is refused."""
     changeable = {"total_timesteps", "cuda", "torch_threads", "compile", "cudagraphs", "track", "progress_bar", "log_every",
-                  "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode", "resume", "precision"}
+                  "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode", "resume"}
     defaults = Args()
     values = {f.name: saved.get(f.name, getattr(defaults, f.name)) for f in fields(Args)}
     saved_args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})  # tuples are saved as lists
@@ -579,6 +580,9 @@ def main() -> None:
         resume_objects["alpha_optimizer"] = alpha_optimizer
 
     bfloat16 = args.precision == "bfloat16"
+    if bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        print("error: --precision bfloat16: this GPU does not support bfloat16", file=sys.stderr)
+        sys.exit(2)
     if bfloat16 and device.type == "cpu" and not native_bfloat16():
         print("warning: this CPU has no native bfloat16 products (AVX-512 BF16 or AMX); --precision bfloat16 will be slower than float32", file=sys.stderr)
     critic_step, actor_step = update_critic, update_actor

@@ -93,7 +93,7 @@ def main() -> None:
     script, baseline_name = f"{args.algo}_continuous.py", f"stable-baselines3 {args.algo.upper()}"
     configs = {f"{script} (eager)": lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, []),
                baseline_name: lambda seed: sb3(args.algo, args.env_id, args.steps, args.learning_starts, seed)}
-    if args.learning_starts > 0:  # the off-policy scripts: bfloat16 products between the hidden layers
+    if args.algo in ("sac", "td3", "ddpg"):  # bfloat16 products between the hidden layers
         configs[f"{script} --precision bfloat16"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed,
                                                                       ["--precision", "bfloat16"])
     if not args.no_compile:

@@ -15,7 +15,8 @@ LOW, HIGH = [-1.0, 0.0, 2.0], [3.0, 1.0, 5.0]
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 @pytest.mark.parametrize("flags, native", [("fpu sse2 avx2 avx512f avx512bw", False), ("fpu avx512f avx512_bf16 avx512_vnni", True),
-                                           ("fpu avx512f amx_bf16 amx_tile", True), ("fpu avx512f avx512_bf16x", False)])
+                                           ("fpu avx512f amx_bf16 amx_tile", True), ("fpu avx512f avx512_bf16x", False),
+                                           ("fp asimd sve bf16 i8mm", True)])
 def test_native_bfloat16_follows_the_cpu_flags(module, flags, native, monkeypatch):
     """--precision bfloat16 warns where the CPU would emulate bfloat16."""
     real_open = builtins.open
