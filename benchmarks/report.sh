@@ -17,7 +17,9 @@ plot --name exp_sac_precision --match '^HalfCheetah-v4__sac(__precision=bfloat16
 plot --name exp_ppo_norm_obs --match '^Hopper-v4__ppo(__no-norm-obs)?__[12]$' --group-by norm_obs
 plot --name exp_ppo_num_envs --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps
 plot --name exp_ppo_log_std --match '^(HalfCheetah|Hopper|Walker2d)-v4__ppo(__log-std-init=-1.0|__log-std-init=-0.5)?__[0-9]+$' --group-by log_std_init --assume log-std-init=0.0
+plot --name exp_a2c_entropy --match '^(HalfCheetah|Hopper|Walker2d)-v4__a2c(__ent-coef=0.01_log-std-init=-0.5)?__[0-9]+$' --group-by ent_coef log_std_init --assume log-std-init=0.0
 plot --name exp_a2c_num_envs --match '^(HalfCheetah|Hopper|Walker2d)-v4__a2c(__num-envs=4)?__[0-9]+$' --group-by num_envs --assume log-std-init=0.0
 plot --name exp_ppo_sb3 --match '^HalfCheetah-v4__(ppo|sb3_ppo)__[0-9]+$' --assume log-std-init=0.0
+plot --name exp_a2c_sb3 --match '^HalfCheetah-v4__(a2c|sb3_a2c)__[0-9]+$' --assume log-std-init=0.0
 plot --name exp_ppo_num_envs_sps --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps --metric charts/SPS
 ls docs
