@@ -8,7 +8,7 @@ plot() { python plot.py "$RUNS" --out docs "$@" > /dev/null; }
 
 # returns at each budget, with the published returns as dashed lines
 plot --name offpolicy_halfcheetah_100k --match '^HalfCheetah-v4__(sac|td3|ddpg)__[0-9]+$' --max-step 100000 --reference
-plot --name offpolicy_halfcheetah_300k --match '^HalfCheetah-v4__(sac|td3|ddpg)__1$' --reference
+plot --name offpolicy_halfcheetah_300k --match '^HalfCheetah-v4__(sac__1|td3__[0-9]+|ddpg__[0-9]+)$' --reference
 plot --name onpolicy_1m --match '^(HalfCheetah|Hopper|Walker2d)-v4__(ppo|a2c)__[0-9]+$' --reference --assume log-std-init=0.0
 
 # experiments
@@ -18,8 +18,10 @@ plot --name exp_ppo_norm_obs --match '^Hopper-v4__ppo(__no-norm-obs)?__[12]$' --
 plot --name exp_ppo_num_envs --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps
 plot --name exp_ppo_log_std --match '^(HalfCheetah|Hopper|Walker2d)-v4__ppo(__log-std-init=-1.0|__log-std-init=-0.5)?__[0-9]+$' --group-by log_std_init --assume log-std-init=0.0
 plot --name exp_a2c_entropy --match '^(HalfCheetah|Hopper|Walker2d)-v4__a2c(__ent-coef=0.01_log-std-init=-0.5)?__[0-9]+$' --group-by ent_coef log_std_init --assume log-std-init=0.0
+plot --name exp_a2c_log_std --match '^(HalfCheetah|Hopper|Walker2d)-v4__a2c(__log-std-init=-1|__log-std-init=-0.5)?__[0-9]+$' --group-by log_std_init --assume log-std-init=0.0
 plot --name exp_a2c_num_envs --match '^(HalfCheetah|Hopper|Walker2d)-v4__a2c(__num-envs=4)?__[0-9]+$' --group-by num_envs --assume log-std-init=0.0
 plot --name exp_ppo_sb3 --match '^HalfCheetah-v4__(ppo|sb3_ppo)__[0-9]+$' --assume log-std-init=0.0
 plot --name exp_a2c_sb3 --match '^HalfCheetah-v4__(a2c|sb3_a2c)__[0-9]+$' --assume log-std-init=0.0
+plot --name exp_offpolicy_sb3 --match '^HalfCheetah-v4__(td3|ddpg|sb3_td3|sb3_ddpg)__[0-9]+$' --max-step 100000
 plot --name exp_ppo_num_envs_sps --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps --metric charts/SPS
 ls docs

@@ -1,7 +1,11 @@
-"""Returns per env step of Stable-Baselines3's PPO or A2C at its defaults, logged the way this project's scripts log
-them, so that plot.py draws them beside ours.
+"""Returns per env step of Stable-Baselines3's algorithms, logged the way this project's scripts log them, so that
+plot.py draws them beside ours.
 
-    python benchmarks/sb3_returns.py --algo ppo --env-id HalfCheetah-v4 --seed 1 [--total-timesteps 1000000] [--runs-dir runs]
+    python benchmarks/sb3_returns.py --algo ppo|a2c|sac|td3|ddpg --env-id HalfCheetah-v4 --seed 1 [--total-timesteps 1000000] [--runs-dir runs]
+
+PPO and A2C run at SB3's defaults. SAC, TD3 and DDPG run at our scripts' defaults (make_model below; speed.py
+builds its SB3 baselines with the same function): 256x256 networks, batch 256, one gradient step per env step,
+our learning rates, random steps before learning starts, Gaussian exploration noise 0.1, TD3's delays and smoothing.
 
 The run goes to <runs-dir>/<env>__sb3_<algo>__<seed>: TensorBoard scalars eval/return_mean and eval/return_std
 every --eval-every env steps, and the 'hyperparameters' text table plot.py groups by (exp_name sb3_<algo>, env_id,
@@ -20,9 +24,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ppo_continuous import evaluate  # noqa: E402  the evaluation every script of ours runs, for SB3 too
 
 
+# our scripts' defaults for the off-policy algorithms: (learning rate, random steps before learning starts)
+OFF_POLICY = {"sac": (1e-3, 5_000), "td3": (3e-4, 25_000), "ddpg": (1e-3, 25_000)}
+
+
+def make_model(algo: str, env, seed: int, learning_starts: int | None = None):
+    """SB3's `algo` on `env`: PPO and A2C at SB3's defaults, SAC, TD3 and DDPG at our scripts' defaults
+    (`learning_starts` overrides the script's random steps; speed.py starts updates early to time them)."""
+    import numpy as np
+    from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    if algo in ("ppo", "a2c"):
+        return {"ppo": PPO, "a2c": A2C}[algo]("MlpPolicy", env, seed=seed, device="cpu")
+    learning_rate, default_starts = OFF_POLICY[algo]
+    common = dict(learning_rate=learning_rate, buffer_size=1_000_000, batch_size=256, tau=0.005, gamma=0.99, train_freq=1,
+                  gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu",
+                  learning_starts=default_starts if learning_starts is None else learning_starts)
+    if algo == "sac":
+        return SAC("MlpPolicy", env, ent_coef="auto", **common)
+    noise = NormalActionNoise(np.zeros(env.action_space.shape), 0.1 * np.ones(env.action_space.shape))
+    if algo == "td3":
+        return TD3("MlpPolicy", env, action_noise=noise, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5, **common)
+    return DDPG("MlpPolicy", env, action_noise=noise, **common)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algo", choices=["ppo", "a2c"], default="ppo")
+    parser.add_argument("--algo", choices=["ppo", "a2c", "sac", "td3", "ddpg"], default="ppo")
     parser.add_argument("--env-id", default="HalfCheetah-v4")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--total-timesteps", type=int, default=1_000_000)
@@ -34,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) <= 0:
             print(f"error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
-    from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)
@@ -45,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     writer = SummaryWriter(run_dir)
     table = {"exp_name": exp_name, "env_id": args.env_id, "seed": args.seed, "total_timesteps": args.total_timesteps,
-             "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "defaults": "stable-baselines3"}
+             "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+             "defaults": "stable-baselines3" if args.algo in ("ppo", "a2c") else "this project's script"}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in table.items()))
     eval_env = gym.make(args.env_id)
-    model = {"ppo": PPO, "a2c": A2C}[args.algo]("MlpPolicy", gym.make(args.env_id), seed=args.seed, device="cpu")
+    model = make_model(args.algo, gym.make(args.env_id), args.seed)
 
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:

@@ -19,25 +19,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SB3_PROGRAM = r"""
 import json, sys, time
-import gymnasium as gym, numpy as np, torch
-from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
+import gymnasium as gym, torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.noise import NormalActionNoise
+sys.path.insert(0, sys.argv[6])
+from sb3_returns import make_model  # the same SB3 configuration the returns benchmark runs
 algo, env_id, steps, learning_starts, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(1)
-env = gym.make(env_id)
-common = dict(buffer_size=1_000_000, learning_starts=learning_starts, batch_size=256, tau=0.005, gamma=0.99, train_freq=1,
-              gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu")
-noise = NormalActionNoise(np.zeros(env.action_space.shape), 0.1 * np.ones(env.action_space.shape))
-if algo == "sac":
-    model = SAC("MlpPolicy", env, learning_rate=1e-3, ent_coef="auto", **common)
-elif algo == "td3":
-    model = TD3("MlpPolicy", env, learning_rate=3e-4, action_noise=noise, policy_delay=2, target_policy_noise=0.2,
-                target_noise_clip=0.5, **common)
-elif algo == "ddpg":
-    model = DDPG("MlpPolicy", env, learning_rate=1e-3, action_noise=noise, **common)
-else:  # on-policy: Stable-Baselines3 at its defaults, every step counts (learning_starts is 0)
-    model = {"ppo": PPO, "a2c": A2C}[algo]("MlpPolicy", env, seed=seed, device="cpu")
+model = make_model(algo, gym.make(env_id), seed, learning_starts)
 
 class Clock(BaseCallback):
     def _on_training_start(self):
@@ -73,7 +61,8 @@ def ours(script: str, env_id: str, steps: int, learning_starts: int, seed: int, 
 
 
 def sb3(algo: str, env_id: str, steps: int, learning_starts: int, seed: int) -> float:
-    out = subprocess.run([sys.executable, "-c", SB3_PROGRAM, algo, env_id, str(steps), str(learning_starts), str(seed)],
+    out = subprocess.run([sys.executable, "-c", SB3_PROGRAM, algo, env_id, str(steps), str(learning_starts), str(seed),
+                          os.path.join(ROOT, "benchmarks")],
                          check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
 
