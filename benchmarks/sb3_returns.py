@@ -3,9 +3,10 @@ plot.py draws them beside ours.
 
     python benchmarks/sb3_returns.py --algo ppo|a2c|sac|td3|ddpg --env-id HalfCheetah-v4 --seed 1 [--total-timesteps 1000000] [--runs-dir runs]
 
-PPO and A2C run at SB3's defaults. SAC, TD3 and DDPG run at our scripts' defaults (make_model below; speed.py
-builds its SB3 baselines with the same function): 256x256 networks, batch 256, one gradient step per env step,
-our learning rates, random steps before learning starts, Gaussian exploration noise 0.1, TD3's delays and smoothing.
+PPO and A2C run at SB3's defaults. SAC, TD3 and DDPG run at our scripts' defaults, read from their Args
+(make_model below; speed.py builds its SB3 baselines with the same function): network widths, batch, buffer,
+learning rate, random steps before learning starts, one gradient step per env step, exploration noise, TD3's
+delay and smoothing.
 
 The run goes to <runs-dir>/<env>__sb3_<algo>__<seed>: TensorBoard scalars eval/return_mean and eval/return_std
 every --eval-every env steps, and the 'hyperparameters' text table plot.py groups by (exp_name sb3_<algo>, env_id,
@@ -24,28 +25,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ppo_continuous import evaluate  # noqa: E402  the evaluation every script of ours runs, for SB3 too
 
 
-# our scripts' defaults for the off-policy algorithms: (learning rate, random steps before learning starts)
-OFF_POLICY = {"sac": (1e-3, 5_000), "td3": (3e-4, 25_000), "ddpg": (1e-3, 25_000)}
-
-
 def make_model(algo: str, env, seed: int, learning_starts: int | None = None):
-    """SB3's `algo` on `env`: PPO and A2C at SB3's defaults, SAC, TD3 and DDPG at our scripts' defaults
+    """SB3's `algo` on `env`: PPO and A2C at SB3's defaults, SAC, TD3 and DDPG at the defaults of our script's Args
     (`learning_starts` overrides the script's random steps; speed.py starts updates early to time them)."""
+    import importlib
+
     import numpy as np
     from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
     from stable_baselines3.common.noise import NormalActionNoise
 
     if algo in ("ppo", "a2c"):
         return {"ppo": PPO, "a2c": A2C}[algo]("MlpPolicy", env, seed=seed, device="cpu")
-    learning_rate, default_starts = OFF_POLICY[algo]
-    common = dict(learning_rate=learning_rate, buffer_size=1_000_000, batch_size=256, tau=0.005, gamma=0.99, train_freq=1,
-                  gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu",
-                  learning_starts=default_starts if learning_starts is None else learning_starts)
+    ours = importlib.import_module(f"{algo}_continuous").Args()
+    assert ours.policy_lr == ours.q_lr, "SB3 takes one learning rate for the actor and the critics"
+    common = dict(learning_rate=ours.q_lr, buffer_size=ours.buffer_size, batch_size=ours.batch_size, tau=ours.tau, gamma=ours.gamma,
+                  train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": list(ours.hidden_sizes)}, seed=seed, device="cpu",
+                  learning_starts=ours.learning_starts if learning_starts is None else learning_starts)
     if algo == "sac":
-        return SAC("MlpPolicy", env, ent_coef="auto", **common)
-    noise = NormalActionNoise(np.zeros(env.action_space.shape), 0.1 * np.ones(env.action_space.shape))
+        return SAC("MlpPolicy", env, ent_coef="auto" if ours.autotune else ours.alpha, **common)
+    scale = (env.action_space.high - env.action_space.low) / 2.0  # our noise is scaled per dimension by the half-range
+    noise = NormalActionNoise(np.zeros(env.action_space.shape), ours.exploration_noise * scale)
     if algo == "td3":
-        return TD3("MlpPolicy", env, action_noise=noise, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5, **common)
+        return TD3("MlpPolicy", env, action_noise=noise, policy_delay=ours.policy_frequency, target_policy_noise=ours.policy_noise,
+                   target_noise_clip=ours.noise_clip, **common)
     return DDPG("MlpPolicy", env, action_noise=noise, **common)
 
 
