@@ -23,5 +23,7 @@ plot --name exp_a2c_num_envs --match '^(HalfCheetah|Hopper|Walker2d)-v4__a2c(__n
 plot --name exp_ppo_sb3 --match '^HalfCheetah-v4__(ppo|sb3_ppo)__[0-9]+$' --assume log-std-init=0.0
 plot --name exp_a2c_sb3 --match '^HalfCheetah-v4__(a2c|sb3_a2c)__[0-9]+$' --assume log-std-init=0.0
 plot --name exp_offpolicy_sb3 --match '^HalfCheetah-v4__(td3|ddpg|sb3_td3|sb3_ddpg)__[0-9]+$' --max-step 100000
+plot --name exp_paper_settings_100k --match '^HalfCheetah-v4__(td3|ddpg)(__batch-size=100_hidden-sizes=400,300_learning-start-1015d28d)?__[0-9]+$' --max-step 100000 --group-by batch_size
+plot --name exp_paper_settings_300k --match '^HalfCheetah-v4__td3(__batch-size=100_hidden-sizes=400,300_learning-start-1015d28d)?__[0-9]+$' --group-by batch_size
 plot --name exp_ppo_num_envs_sps --match '^Hopper-v4__ppo(__num-envs=[0-9]+_num-steps=[0-9]+)?__[12]$' --group-by num_envs num_steps --metric charts/SPS
 ls docs

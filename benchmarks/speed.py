@@ -1,6 +1,6 @@
 """Training speed of an off-policy script (eager and --compile) against Stable-Baselines3's equivalent, in one run.
 
-    python benchmarks/speed.py --algo sac|td3|ddpg [--env-id HalfCheetah-v4] [--steps 4000] [--learning-starts 1000] [--repeats 2]
+    python benchmarks/speed.py --algo sac|td3|ddpg [--env-id HalfCheetah-v4] [--steps 4000] [--learning-starts 1000] [--repeats 2] [--also OLD.py]
 
 Each configuration trains in its own process with one torch thread, at the same hyperparameters (the script's
 defaults: 256x256 networks, batch 256, one gradient step per env step, its learning rates, noise and delays).
@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="skip the --compile configuration")
+    parser.add_argument("--also", nargs="+", default=[], metavar="SCRIPT",
+                        help="other versions of the script to time the same way, eager float32, e.g. an older commit's: "
+                             "git show HEAD~1:sac_continuous.py > /tmp/sac_before.py")
     args = parser.parse_args()
     if args.algo in ("ppo", "a2c"):  # on-policy: every step counts, from the first update on
         args.learning_starts = 0
@@ -85,6 +88,8 @@ def main() -> None:
     if args.algo in ("sac", "td3", "ddpg"):  # bfloat16 products between the hidden layers
         configs[f"{script} --precision bfloat16"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed,
                                                                       ["--precision", "bfloat16"])
+    for other in args.also:
+        configs[f"{other} (eager)"] = lambda seed, other=os.path.abspath(other): ours(other, args.env_id, args.steps, args.learning_starts, seed, [])
     if not args.no_compile:
         configs[f"{script} --compile"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, ["--compile"])
     results = {name: [] for name in configs}

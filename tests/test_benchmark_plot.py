@@ -402,3 +402,18 @@ def test_runs_save_and_stop_when_the_benchmark_is_killed_outright(tmp_path):
         assert time.time() < deadline, log.read_text()[-2000:]
         time.sleep(0.2)
     assert 500 <= torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"] < 100_000
+
+
+# ---- benchmarks/update_time.py ----
+
+def test_update_time_runs_every_off_policy_script_and_a_renamed_copy(tmp_path):
+    """The update timer builds each script's update at its defaults (also from a copy under another file name,
+    as `git show ... > /tmp/x.py` gives) and reports one line per version."""
+    copy = tmp_path / "sac_before.py"
+    shutil.copy(os.path.join(ROOT, "sac_continuous.py"), copy)
+    scripts = [os.path.join(ROOT, f"{algo}_continuous.py") for algo in ("sac", "td3", "ddpg")] + [str(copy)]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "update_time.py"), *scripts, "--blocks", "1", "--updates", "2"],
+                         capture_output=True, text=True, timeout=300, env=script_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4 and all(re.search(r": \d+\.\d\d ms per update", line) for line in lines), out.stdout

@@ -75,6 +75,18 @@ def test_deterministic_action_is_tanh_of_mean_and_repeatable():
     assert not torch.allclose(actor.act(obs), actor.act(obs))
 
 
+def test_stochastic_act_is_the_action_sample_draws_for_the_same_noise():
+    """act() skips the log-probability but must draw exactly the training-time action: same noise, same action."""
+    actor = sac.Actor(3, 2, [-2.0, -1.0], [2.0, 3.0], hidden_sizes=(8,))
+    obs = torch.randn(5, 3)
+    torch.manual_seed(7)
+    acted = actor.act(obs)
+    torch.manual_seed(7)
+    sampled, _ = actor.sample(obs)
+    torch.testing.assert_close(acted, sampled.detach(), rtol=0, atol=0)
+    assert not torch.allclose(acted, actor.act(obs, deterministic=True))
+
+
 def test_polyak_update_is_exact_and_leaves_source_alone():
     source, target = sac.QEnsemble(3, 1, (4,)), sac.QEnsemble(3, 1, (4,))
     with torch.no_grad():

@@ -1,0 +1,93 @@
+"""Milliseconds per gradient update of sac_continuous.py, td3_continuous.py or ddpg_continuous.py, in-process, for
+one or more versions of the script, interleaved so that the machine's drift hits them alike.
+
+    python benchmarks/update_time.py sac_continuous.py /tmp/sac_before.py   # e.g. git show HEAD~1:sac_continuous.py > /tmp/sac_before.py
+
+One update is what the training loop does per environment step after learning starts, at the script's default
+hyperparameters for HalfCheetah's sizes (17 observations, 6 actions): sample a batch, update the critics, then the
+actor (SAC: and the temperature; TD3: every policy_frequency-th step, with the polyak updates), polyak-average the
+targets. The replay buffer holds 100k random transitions. One torch thread. Reports the minimum and the median over
+`--blocks` blocks of `--updates` updates per version; the minimum is the least disturbed by other load."""
+import argparse
+import copy
+import importlib.util
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def load(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_update(module, obs_dim: int = 17, act_dim: int = 6):
+    """A closure that runs one update of the script `module` at its default arguments."""
+    args = module.Args()
+    torch.manual_seed(0)
+    kind = "sac" if hasattr(args, "alpha") else "td3" if hasattr(args, "policy_noise") else "ddpg"  # from the Args, whatever the file's name
+    qf = module.QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=1 if kind == "ddpg" else 2)
+    qf_target = copy.deepcopy(qf)
+    actor = module.Actor(obs_dim, act_dim, [-1.0] * act_dim, [1.0] * act_dim, args.hidden_sizes)
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+    rb = module.ReplayBuffer(args.buffer_size, obs_dim, act_dim, torch.device("cpu"))
+    n = 100_000
+    rb.add(np.random.randn(n, obs_dim), np.random.uniform(-1, 1, (n, act_dim)), np.random.randn(n), np.random.randn(n, obs_dim), np.zeros(n))
+    qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
+    if kind == "sac":
+        log_alpha = torch.nn.Parameter(torch.tensor(0.0))
+        alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
+
+        def update():
+            data = rb.sample(args.batch_size)
+            module.update_critic(*data, actor, qf, qf_target, q_optimizer, log_alpha, args.gamma)
+            module.update_actor(data[0], actor, qf, actor_optimizer, log_alpha, alpha_optimizer, -float(act_dim))
+            module.polyak_update(qf_target_params, qf_params, args.tau)
+        return update
+
+    actor_target = copy.deepcopy(actor)
+    actor_params, actor_target_params = list(actor.parameters()), list(actor_target.parameters())
+    extra = (args.policy_noise, args.noise_clip) if kind == "td3" else ()
+    count = [0]
+
+    def update():
+        data = rb.sample(args.batch_size)
+        module.update_critic(*data, actor_target, qf, qf_target, q_optimizer, args.gamma, *extra)
+        count[0] += 1
+        if count[0] % args.policy_frequency == 0:
+            module.update_actor(data[0], actor, qf, actor_optimizer)
+            module.polyak_update(actor_target_params, actor_params, args.tau)
+            module.polyak_update(qf_target_params, qf_params, args.tau)
+    return update
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scripts", nargs="+", help="versions of one script (paths)")
+    parser.add_argument("--blocks", type=int, default=15)
+    parser.add_argument("--updates", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    updates = {path: make_update(load(os.path.abspath(path), f"version{i}")) for i, path in enumerate(args.scripts)}
+    times = {path: [] for path in updates}
+    for update in updates.values():  # warm-up
+        for _ in range(20):
+            update()
+    for _ in range(args.blocks):
+        for path, update in updates.items():
+            start = time.perf_counter()
+            for _ in range(args.updates):
+                update()
+            times[path].append((time.perf_counter() - start) / args.updates * 1e3)
+    for path, values in times.items():
+        print(f"{path}: {min(values):.2f} ms per update (min of {args.blocks} blocks of {args.updates}), median {statistics.median(values):.2f}")
+
+
+if __name__ == "__main__":
+    main()
