@@ -26,9 +26,11 @@ def load(path: str, name: str):
     return module
 
 
-def make_update(module, obs_dim: int = 17, act_dim: int = 6):
-    """A closure that runs one update of the script `module` at its default arguments."""
+def make_update(module, compile: bool = False, obs_dim: int = 17, act_dim: int = 6):
+    """A closure that runs one update of the script `module` at its default arguments (compile: the update functions
+    through torch.compile, as the script's --compile does)."""
     args = module.Args()
+    update_critic, update_actor = (torch.compile(f) for f in (module.update_critic, module.update_actor)) if compile else (module.update_critic, module.update_actor)
     torch.manual_seed(0)
     kind = "sac" if hasattr(args, "alpha") else "td3" if hasattr(args, "policy_noise") else "ddpg"  # from the Args, whatever the file's name
     qf = module.QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=1 if kind == "ddpg" else 2)
@@ -46,8 +48,8 @@ def make_update(module, obs_dim: int = 17, act_dim: int = 6):
 
         def update():
             data = rb.sample(args.batch_size)
-            module.update_critic(*data, actor, qf, qf_target, q_optimizer, log_alpha, args.gamma)
-            module.update_actor(data[0], actor, qf, actor_optimizer, log_alpha, alpha_optimizer, -float(act_dim))
+            update_critic(*data, actor, qf, qf_target, q_optimizer, log_alpha, args.gamma)
+            update_actor(data[0], actor, qf, actor_optimizer, log_alpha, alpha_optimizer, -float(act_dim))
             module.polyak_update(qf_target_params, qf_params, args.tau)
         return update
 
@@ -58,10 +60,10 @@ def make_update(module, obs_dim: int = 17, act_dim: int = 6):
 
     def update():
         data = rb.sample(args.batch_size)
-        module.update_critic(*data, actor_target, qf, qf_target, q_optimizer, args.gamma, *extra)
+        update_critic(*data, actor_target, qf, qf_target, q_optimizer, args.gamma, *extra)
         count[0] += 1
         if count[0] % args.policy_frequency == 0:
-            module.update_actor(data[0], actor, qf, actor_optimizer)
+            update_actor(data[0], actor, qf, actor_optimizer)
             module.polyak_update(actor_target_params, actor_params, args.tau)
             module.polyak_update(qf_target_params, qf_params, args.tau)
     return update
@@ -72,9 +74,13 @@ def main() -> None:
     parser.add_argument("scripts", nargs="+", help="versions of one script (paths)")
     parser.add_argument("--blocks", type=int, default=15)
     parser.add_argument("--updates", type=int, default=50)
+    parser.add_argument("--compile", action="store_true", help="also time each version with its update functions through torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    updates = {path: make_update(load(os.path.abspath(path), f"version{i}")) for i, path in enumerate(args.scripts)}
+    modules = {path: load(os.path.abspath(path), f"version{i}") for i, path in enumerate(args.scripts)}
+    updates = {path: make_update(module) for path, module in modules.items()}
+    if args.compile:
+        updates.update({f"{path} (compiled)": make_update(module, compile=True) for path, module in modules.items()})
     times = {path: [] for path in updates}
     for update in updates.values():  # warm-up
         for _ in range(20):
