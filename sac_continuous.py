@@ -222,10 +222,12 @@ def tanh_gaussian(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor
     of a in env units by the change of variables (Haarnoja et al. 2018, appendix C):
     log p(a) = log N(u; mean, std) - sum_i log(scale_i * (1 - tanh(u_i)^2))."""
     u = mean + log_std.exp() * noise
-    gaussian_log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-    # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): exact, no epsilon, stable for large |u|
-    log_det = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u)) + torch.log(action_scale)).sum(-1)
-    return action_bias + action_scale * torch.tanh(u), gaussian_log_prob - log_det
+    # per dimension, log N(u; mean, std) = -noise^2 / 2 - log_std - log(2 pi) / 2 and
+    # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): exact, no epsilon, stable for large |u|;
+    # the terms that do not depend on the sample are summed once (fewer operations per update)
+    log_prob = (2.0 * (u + F.softplus(-2.0 * u)) - 0.5 * noise.pow(2) - log_std).sum(-1)
+    constant = (0.5 * math.log(2 * math.pi) + 2.0 * math.log(2.0)) * mean.shape[-1] + torch.log(action_scale).sum()
+    return action_bias + action_scale * torch.tanh(u), log_prob - constant
 
 
 class Actor(nn.Module):
@@ -370,16 +372,18 @@ def update_actor(obs, actor: Actor, qf: QEnsemble, actor_optimizer: torch.optim.
                  alpha_optimizer: Optional[torch.optim.Optimizer], target_entropy: float):
     actions, log_pi = actor.sample(obs)
     min_qf_pi = qf(obs, actions, detach_params=True).min(0).values
-    actor_loss = (log_alpha.exp().detach() * log_pi - min_qf_pi).mean()
+    alpha = log_alpha.exp()
+    actor_loss = (alpha.detach() * log_pi - min_qf_pi).mean()
     actor_optimizer.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_optimizer.step()
     if alpha_optimizer is None:
+        actor_loss.backward()
+        actor_optimizer.step()
         return actor_loss.detach(), torch.zeros_like(log_alpha), -log_pi.detach().mean()
     # Haarnoja et al. 2018b, eq. 18: J(alpha) = E[-alpha (log pi(a|s) + target_entropy)]
-    alpha_loss = -(log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+    alpha_loss = -(alpha * (log_pi.detach() + target_entropy)).mean()
     alpha_optimizer.zero_grad(set_to_none=True)
-    alpha_loss.backward()
+    (actor_loss + alpha_loss).backward()  # one backward pass: no parameter has a gradient from both losses
+    actor_optimizer.step()
     alpha_optimizer.step()
     return actor_loss.detach(), alpha_loss.detach(), -log_pi.detach().mean()
 

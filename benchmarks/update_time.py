@@ -91,8 +91,12 @@ def main() -> None:
             for _ in range(args.updates):
                 update()
             times[path].append((time.perf_counter() - start) / args.updates * 1e3)
+    first = next(iter(times.values()))
     for path, values in times.items():
-        print(f"{path}: {min(values):.2f} ms per update (min of {args.blocks} blocks of {args.updates}), median {statistics.median(values):.2f}")
+        # each block ran right after the first version's: their ratio is the least affected by the machine's drift
+        ratio = statistics.median(value / base for value, base in zip(values, first))
+        print(f"{path}: {min(values):.2f} ms per update (min of {args.blocks} blocks of {args.updates}), median {statistics.median(values):.2f}, "
+              f"median ratio to the first {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Unit tests of sac_continuous's pieces, called directly."""
+import copy
 import math
 import os
 
@@ -238,6 +239,26 @@ def test_actor_and_alpha_updates_move_the_right_way():
     _, alpha_loss, _ = sac.update_actor(obs, actor, qf, actor_optimizer, fixed, None, -2.0)
     assert alpha_loss.item() == 0.0 and fixed.item() == pytest.approx(math.log(0.2))
 
+
+
+def test_one_backward_gives_each_loss_its_own_gradient():
+    """update_actor backpropagates actor and alpha losses together: the actor's gradient must not include the alpha
+    loss's, nor log_alpha's the actor loss's, as when each loss is differentiated alone (SGD with lr 1: the step is
+    minus the gradient)."""
+    actor, qf, _, data = make_update_setup()
+    obs, target_entropy = data[0], -2.0
+    reference_actor, log_alpha = copy.deepcopy(actor), torch.tensor(0.3, requires_grad=True)
+    torch.manual_seed(1)
+    actions, log_pi = reference_actor.sample(obs)
+    actor_loss = (log_alpha.exp().detach() * log_pi - qf(obs, actions).min(0).values).mean()
+    actor_grads = torch.autograd.grad(actor_loss, list(reference_actor.parameters()))
+    alpha_grad, = torch.autograd.grad(-(log_alpha.exp() * (log_pi.detach() + target_entropy)).mean(), [log_alpha])
+    torch.manual_seed(1)
+    sac.update_actor(obs, actor, qf, torch.optim.SGD(actor.parameters(), lr=1.0), log_alpha,
+                     torch.optim.SGD([log_alpha], lr=1.0), target_entropy)
+    for after, before, grad in zip(actor.parameters(), reference_actor.parameters(), actor_grads):
+        torch.testing.assert_close(after - before, -grad)
+    assert log_alpha.item() == pytest.approx(0.3 - alpha_grad.item(), rel=1e-6)
 
 def test_crossed_handles_strides_that_do_not_divide():
     hits = [step for step in range(3, 31, 3) if sac.crossed(step, 10, 3)]
