@@ -5,7 +5,8 @@
 Each configuration trains in its own process with one torch thread, at the same hyperparameters (the script's
 defaults: 256x256 networks, batch 256, one gradient step per env step, its learning rates, noise and delays).
 SPS is measured after learning starts, from step `learning-starts` to the last step, so only steps that include
-an update count. The configurations run one after another, `repeats` times interleaved; the median is reported.
+an update count. The configurations run one after another, `repeats` times interleaved; the median is reported,
+with each configuration's ratio to Stable-Baselines3 as the ratio of medians and as the median of per-repeat ratios.
 Needs stable-baselines3: pip install -r requirements-bench.txt."""
 import argparse
 import json

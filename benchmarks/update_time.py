@@ -7,7 +7,8 @@ One update is what the training loop does per environment step after learning st
 hyperparameters for HalfCheetah's sizes (17 observations, 6 actions): sample a batch, update the critics, then the
 actor (SAC: and the temperature; TD3: every policy_frequency-th step, with the polyak updates), polyak-average the
 targets. The replay buffer holds 100k random transitions. One torch thread. Reports the minimum and the median over
-`--blocks` blocks of `--updates` updates per version; the minimum is the least disturbed by other load."""
+`--blocks` blocks of `--updates` updates per version (the minimum is the least disturbed by other load), and the
+median over blocks of each version's time divided by the first version's in the same round, which drift moves least."""
 import argparse
 import copy
 import importlib.util

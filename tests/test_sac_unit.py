@@ -240,7 +240,6 @@ def test_actor_and_alpha_updates_move_the_right_way():
     assert alpha_loss.item() == 0.0 and fixed.item() == pytest.approx(math.log(0.2))
 
 
-
 def test_one_backward_gives_each_loss_its_own_gradient():
     """update_actor backpropagates actor and alpha losses together: the actor's gradient must not include the alpha
     loss's, nor log_alpha's the actor loss's, as when each loss is differentiated alone (SGD with lr 1: the step is
@@ -259,6 +258,7 @@ def test_one_backward_gives_each_loss_its_own_gradient():
     for after, before, grad in zip(actor.parameters(), reference_actor.parameters(), actor_grads):
         torch.testing.assert_close(after - before, -grad)
     assert log_alpha.item() == pytest.approx(0.3 - alpha_grad.item(), rel=1e-6)
+
 
 def test_crossed_handles_strides_that_do_not_divide():
     hits = [step for step in range(3, 31, 3) if sac.crossed(step, 10, 3)]
