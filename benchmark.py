@@ -170,7 +170,11 @@ def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = N
                 return proc.returncode
             except KeyboardInterrupt:  # a cancelled Ray task: let the run checkpoint and stop
                 proc.send_signal(signal.SIGTERM)
-                return proc.wait()
+                while True:
+                    try:
+                        return proc.wait()
+                    except KeyboardInterrupt:  # the cancellation again (run_ray repeats it) while the run saves
+                        pass
 
 
 def log_tail(path: str, lines: int = 15) -> str:
@@ -280,12 +284,13 @@ def run_ray(todo: list[Run], address: str, gpus_per_run: float, progress: Progre
     for run in todo:
         progress.state[run.name] = "submitted"
     results: dict[str, int] = {}
-    cancelled = None
+    cancelled, cancelled_at = None, 0.0
     try:
         while refs:
             level = "force" if force.is_set() else "stop" if stop.is_set() else None
-            if level is not None and level != cancelled:
-                cancelled = level
+            # repeated every 10 s: Ray can lose a cancellation of a running task (seen once in CI, the run went on)
+            if level is not None and (level != cancelled or time.time() - cancelled_at > 10):
+                cancelled, cancelled_at = level, time.time()
                 for ref in refs:  # KeyboardInterrupt in the task: the run saves latest.pt and stops; force: killed
                     ray.cancel(ref, force=level == "force")
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
