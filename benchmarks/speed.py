@@ -3,7 +3,9 @@
     python benchmarks/speed.py --algo sac|td3|ddpg [--env-id HalfCheetah-v4] [--steps 4000] [--learning-starts 1000] [--repeats 2] [--also OLD.py]
 
 Each configuration trains in its own process with one torch thread, at the same hyperparameters (the script's
-defaults: 256x256 networks, batch 256, one gradient step per env step, its learning rates, noise and delays).
+defaults: 256x256 networks, batch 256, one gradient step per env step, its learning rates, noise and delays). The
+off-policy scripts run by default the actor's half of each update on a second thread (--update-threads 2, two
+cores); they are also timed with --update-threads 1, on one core as Stable-Baselines3 runs.
 SPS is measured after learning starts, from step `learning-starts` to the last step, so only steps that include
 an update count. The configurations run one after another, `repeats` times interleaved; the median is reported,
 with each configuration's ratio to Stable-Baselines3 as the ratio of medians and as the median of per-repeat ratios.
@@ -86,7 +88,9 @@ def main() -> None:
     script, baseline_name = f"{args.algo}_continuous.py", f"stable-baselines3 {args.algo.upper()}"
     configs = {f"{script} (eager)": lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, []),
                baseline_name: lambda seed: sb3(args.algo, args.env_id, args.steps, args.learning_starts, seed)}
-    if args.algo in ("sac", "td3", "ddpg"):  # bfloat16 products between the hidden layers
+    if args.algo in ("sac", "td3", "ddpg"):  # one core; bfloat16 products between the hidden layers
+        configs[f"{script} --update-threads 1"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed,
+                                                                    ["--update-threads", "1"])
         configs[f"{script} --precision bfloat16"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed,
                                                                       ["--precision", "bfloat16"])
     for other in args.also:

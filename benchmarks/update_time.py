@@ -10,6 +10,7 @@ targets. The replay buffer holds 100k random transitions. One torch thread. Repo
 `--blocks` blocks of `--updates` updates per version (the minimum is the least disturbed by other load), and the
 median over blocks of each version's time divided by the first version's in the same round, which drift moves least."""
 import argparse
+import contextlib
 import copy
 import importlib.util
 import os
@@ -27,11 +28,10 @@ def load(path: str, name: str):
     return module
 
 
-def make_update(module, compile: bool = False, obs_dim: int = 17, act_dim: int = 6):
-    """A closure that runs one update of the script `module` at its default arguments (compile: the update functions
-    through torch.compile, as the script's --compile does)."""
+def make_update(module, compile: bool = False, threads: int = 1, obs_dim: int = 17, act_dim: int = 6):
+    """A closure that runs one update of the script `module` at its default arguments (compile: the loss functions
+    through torch.compile, as the script's --compile does; threads: its --update-threads, for versions that have it)."""
     args = module.Args()
-    update_critic, update_actor = (torch.compile(f) for f in (module.update_critic, module.update_actor)) if compile else (module.update_critic, module.update_actor)
     torch.manual_seed(0)
     kind = "sac" if hasattr(args, "alpha") else "td3" if hasattr(args, "policy_noise") else "ddpg"  # from the Args, whatever the file's name
     qf = module.QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=1 if kind == "ddpg" else 2)
@@ -43,28 +43,47 @@ def make_update(module, compile: bool = False, obs_dim: int = 17, act_dim: int =
     n = 100_000
     rb.add(np.random.randn(n, obs_dim), np.random.uniform(-1, 1, (n, act_dim)), np.random.randn(n), np.random.randn(n, obs_dim), np.zeros(n))
     qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
-    if kind == "sac":
-        log_alpha = torch.nn.Parameter(torch.tensor(0.0))
-        alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
-
-        def update():
-            data = rb.sample(args.batch_size)
-            update_critic(*data, actor, qf, qf_target, q_optimizer, log_alpha, args.gamma)
-            update_actor(data[0], actor, qf, actor_optimizer, log_alpha, alpha_optimizer, -float(act_dim))
-            module.polyak_update(qf_target_params, qf_params, args.tau)
-        return update
-
     actor_target = copy.deepcopy(actor)
     actor_params, actor_target_params = list(actor.parameters()), list(actor_target.parameters())
     extra = (args.policy_noise, args.noise_clip) if kind == "td3" else ()
+    log_alpha = torch.nn.Parameter(torch.tensor(0.0))
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True) if kind == "sac" else None
     count = [0]
+
+    if not hasattr(module, "Updater"):  # versions before the simultaneous update: update functions that step
+        update_critic, update_actor = (torch.compile(f) for f in (module.update_critic, module.update_actor)) if compile else (module.update_critic, module.update_actor)
+
+        def update():
+            data = rb.sample(args.batch_size)
+            if kind == "sac":
+                update_critic(*data, actor, qf, qf_target, q_optimizer, log_alpha, args.gamma)
+                update_actor(data[0], actor, qf, actor_optimizer, log_alpha, alpha_optimizer, -float(act_dim))
+                module.polyak_update(qf_target_params, qf_params, args.tau)
+                return
+            update_critic(*data, actor_target, qf, qf_target, q_optimizer, args.gamma, *extra)
+            count[0] += 1
+            if count[0] % args.policy_frequency == 0:
+                update_actor(data[0], actor, qf, actor_optimizer)
+                module.polyak_update(actor_target_params, actor_params, args.tau)
+                module.polyak_update(qf_target_params, qf_params, args.tau)
+        return update
+
+    critic_loss, actor_loss = (torch.compile(f) for f in (module.critic_loss, module.actor_loss)) if compile else (module.critic_loss, module.actor_loss)
+    updater = module.Updater(threads, contextlib.nullcontext)
 
     def update():
         data = rb.sample(args.batch_size)
-        update_critic(*data, actor_target, qf, qf_target, q_optimizer, args.gamma, *extra)
+        if kind == "sac":
+            noise = torch.randn(args.batch_size, act_dim)
+            updater((lambda: critic_loss(*data, actor, qf, qf_target, log_alpha, args.gamma), [q_optimizer]),
+                    (lambda: actor_loss(data[0], noise, actor, qf, log_alpha, -float(act_dim)), [actor_optimizer, alpha_optimizer]))
+            module.polyak_update(qf_target_params, qf_params, args.tau)
+            return
         count[0] += 1
-        if count[0] % args.policy_frequency == 0:
-            update_actor(data[0], actor, qf, actor_optimizer)
+        due = count[0] % args.policy_frequency == 0
+        updater((lambda: critic_loss(*data, actor_target, qf, qf_target, args.gamma, *extra), [q_optimizer]),
+                (lambda: actor_loss(data[0], actor, qf), [actor_optimizer]) if due else None)
+        if due:
             module.polyak_update(actor_target_params, actor_params, args.tau)
             module.polyak_update(qf_target_params, qf_params, args.tau)
     return update
@@ -76,10 +95,14 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=15)
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--compile", action="store_true", help="also time each version with its update functions through torch.compile")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="--update-threads to time, for versions that have it (e.g. 1 2)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     modules = {path: load(os.path.abspath(path), f"version{i}") for i, path in enumerate(args.scripts)}
-    updates = {path: make_update(module) for path, module in modules.items()}
+    updates = {}
+    for path, module in modules.items():
+        for threads in args.threads if hasattr(module, "Updater") else [1]:
+            updates[path if threads == 1 else f"{path} ({threads} threads)"] = make_update(module, threads=threads)
     if args.compile:
         updates.update({f"{path} (compiled)": make_update(module, compile=True) for path, module in modules.items()})
     times = {path: [] for path in updates}

@@ -1,5 +1,9 @@
 """ddpg_continuous.py and td3_continuous.py: their pure pieces against plain references, then the scripts as a user runs them."""
+import contextlib
+import copy
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -112,10 +116,76 @@ def test_actor_update_raises_q(module):
     optimizer = torch.optim.Adam(actor.parameters(), lr=1e-3)
     obs = torch.randn(64, 3)
     before = qf(obs, actor(obs))[0].mean().item()
+    updater = module.Updater(1, contextlib.nullcontext)
     for _ in range(50):
-        module.update_actor(obs, actor, qf, optimizer)
+        updater((lambda: module.actor_loss(obs, actor, qf), [optimizer]))
     assert qf(obs, actor(obs))[0].mean().item() > before
     assert all(p.grad is None for p in qf.parameters())
+
+
+def deterministic_updates(module, threads, steps=12):
+    """`steps` updates of `module` (actor every other one, as TD3 delays it) through an Updater with `threads` threads;
+    returns every parameter afterwards."""
+    torch.manual_seed(0)
+    actor, qf = module.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (32, 32)), module.QEnsemble(3, 2, (32, 32), num_q=2)
+    actor_target, qf_target = module.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (32, 32)), module.QEnsemble(3, 2, (32, 32), num_q=2)
+    q_optimizer, actor_optimizer = torch.optim.Adam(qf.parameters(), lr=1e-2), torch.optim.Adam(actor.parameters(), lr=1e-2)
+    obs = torch.randn(64, 3)
+    data = (obs, torch.rand(64, 2) * 2 - 1, obs.sum(-1), torch.randn(64, 3), torch.zeros(64))
+    extra = (0.2, 0.5) if module is td3 else ()
+    updater, qf_frozen = module.Updater(threads, contextlib.nullcontext), module.frozen(qf)
+    try:
+        for step in range(steps):
+            updater((lambda: module.critic_loss(*data, actor_target, qf, qf_target, 0.99, *extra), [q_optimizer]),
+                    (lambda: module.actor_loss(obs, actor, qf_frozen), [actor_optimizer]) if step % 2 else None)
+            module.polyak_update(list(qf_target.parameters()), list(qf.parameters()), 0.1)
+            module.polyak_update(list(actor_target.parameters()), list(actor.parameters()), 0.1)
+    finally:
+        updater.close()
+    return [p.detach().clone() for m in (actor, qf, actor_target, qf_target) for p in m.parameters()]
+
+
+@pytest.mark.parametrize("module", [ddpg, td3])
+def test_two_threads_give_the_one_thread_result_bit_for_bit(module):
+    one = deterministic_updates(module, 1)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(one, deterministic_updates(module, 2)))
+
+
+@pytest.mark.parametrize("module", [ddpg, td3])
+def test_many_two_thread_updates_do_not_deadlock(module):
+    """Each half on tensors of its own (frozen): with the actor's half indexing the critic's own parameters while the
+    critic's half records gradient edges to them, this hung within a few hundred updates (holding the GIL: hence a
+    separate process)."""
+    code = (f"import sys; sys.path[:0] = [{os.path.dirname(__file__)!r}]; import test_ddpg_td3 as t; "
+            f"t.deterministic_updates(t.{module.__name__.split('_')[0]}, 2, steps=1500)")
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("1500 two-thread updates did not finish in 120 s: deadlock")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", [ddpg, td3])
+def test_the_actor_steps_through_the_critic_of_before_the_update(module):
+    """A simultaneous update: the actor's gradient goes through the critic as it was before this update's critic
+    step (SGD, lr 1: the step is minus the gradient, computed by hand on copies)."""
+    torch.manual_seed(0)
+    actor, qf = module.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (16,)), module.QEnsemble(3, 2, (16, 16), num_q=2)
+    obs = torch.randn(32, 3)
+    data = (obs, torch.rand(32, 2) * 2 - 1, obs.sum(-1), torch.randn(32, 3), torch.zeros(32))
+    grads = torch.autograd.grad(module.actor_loss(obs, actor, qf)[0], list(actor.parameters()))
+    for threads in (1, 2):
+        a, q = copy.deepcopy(actor), copy.deepcopy(qf)
+        updater = module.Updater(threads, contextlib.nullcontext)
+        extra = (0.2, 0.5) if module is td3 else ()
+        q_frozen = module.frozen(q)
+        updater((lambda: module.critic_loss(*data, actor, q, qf, 0.99, *extra), [torch.optim.SGD(q.parameters(), lr=1.0)]),
+                (lambda: module.actor_loss(obs, a, q_frozen), [torch.optim.SGD(a.parameters(), lr=1.0)]))
+        updater.close()
+        assert not all(torch.equal(x, y) for x, y in zip(q.parameters(), qf.parameters()))  # the critic did step
+        for after, before, grad in zip(a.parameters(), actor.parameters(), grads):
+            torch.testing.assert_close(after - before, -grad)
 
 
 def test_first_member_alone_matches_the_ensemble():

@@ -1,4 +1,5 @@
 """Unit tests of sac_continuous's pieces, called directly."""
+import contextlib
 import copy
 import math
 import os
@@ -212,11 +213,16 @@ def make_update_setup(obs_dim=3, act_dim=2, batch=64, seed=0):
     return actor, qf, qf_target, batch_data
 
 
+def one_thread():
+    return sac.Updater(1, contextlib.nullcontext)
+
+
 def test_critic_update_fits_its_target():
     actor, qf, qf_target, data = make_update_setup()
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=1e-3)
     log_alpha = torch.tensor(math.log(0.2))
-    losses = [sac.update_critic(*data, actor, qf, qf_target, q_optimizer, log_alpha, 0.0)[0].item() for _ in range(200)]
+    updater = one_thread()
+    losses = [updater((lambda: sac.critic_loss(*data, actor, qf, qf_target, log_alpha, 0.0), [q_optimizer]))[0][0].item() for _ in range(200)]
     # gamma = 0: the target is the reward alone (a function of the observation), which the critics must fit
     assert losses[-1] < 0.05 * losses[0]
 
@@ -228,36 +234,122 @@ def test_actor_and_alpha_updates_move_the_right_way():
     log_alpha = torch.tensor(0.0, requires_grad=True)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=1e-2)
     q_before = qf(obs, actor.act(obs, deterministic=True)).min(0).values.mean()
+    updater = one_thread()
     for _ in range(100):
         # a freshly initialised policy has entropy far above the target -|A| = -2: alpha must fall
-        _, _, entropy = sac.update_actor(obs, actor, qf, actor_optimizer, log_alpha, alpha_optimizer, -2.0)
+        loss_fn = lambda: sac.actor_loss(obs, torch.randn(len(obs), 2), actor, qf, log_alpha, -2.0)  # noqa: E731
+        updater((loss_fn, [actor_optimizer, alpha_optimizer]))
     assert log_alpha.item() < -0.5
     assert qf(obs, actor.act(obs, deterministic=True)).min(0).values.mean() > q_before
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in qf.parameters())  # the critics are left alone
-    # fixed temperature: no alpha loss, log_alpha untouched
+    # fixed temperature: no alpha loss
     fixed = torch.tensor(math.log(0.2))
-    _, alpha_loss, _ = sac.update_actor(obs, actor, qf, actor_optimizer, fixed, None, -2.0)
-    assert alpha_loss.item() == 0.0 and fixed.item() == pytest.approx(math.log(0.2))
+    _, (_, alpha_loss, _) = sac.actor_loss(obs, torch.randn(len(obs), 2), actor, qf, fixed, -2.0)
+    assert alpha_loss.item() == 0.0
 
 
 def test_one_backward_gives_each_loss_its_own_gradient():
-    """update_actor backpropagates actor and alpha losses together: the actor's gradient must not include the alpha
-    loss's, nor log_alpha's the actor loss's, as when each loss is differentiated alone (SGD with lr 1: the step is
-    minus the gradient)."""
+    """actor_loss returns the actor's and the temperature's losses summed for one backward pass: the actor's gradient
+    must not include the alpha loss's, nor log_alpha's the actor loss's, as when each loss is differentiated alone
+    (SGD with lr 1: the step is minus the gradient)."""
     actor, qf, _, data = make_update_setup()
-    obs, target_entropy = data[0], -2.0
+    obs, target_entropy, noise = data[0], -2.0, torch.randn(len(data[0]), 2)
     reference_actor, log_alpha = copy.deepcopy(actor), torch.tensor(0.3, requires_grad=True)
-    torch.manual_seed(1)
-    actions, log_pi = reference_actor.sample(obs)
+    actions, log_pi = reference_actor.sample(obs, noise)
     actor_loss = (log_alpha.exp().detach() * log_pi - qf(obs, actions).min(0).values).mean()
     actor_grads = torch.autograd.grad(actor_loss, list(reference_actor.parameters()))
     alpha_grad, = torch.autograd.grad(-(log_alpha.exp() * (log_pi.detach() + target_entropy)).mean(), [log_alpha])
-    torch.manual_seed(1)
-    sac.update_actor(obs, actor, qf, torch.optim.SGD(actor.parameters(), lr=1.0), log_alpha,
-                     torch.optim.SGD([log_alpha], lr=1.0), target_entropy)
+    one_thread()((lambda: sac.actor_loss(obs, noise, actor, qf, log_alpha, target_entropy),
+                  [torch.optim.SGD(actor.parameters(), lr=1.0), torch.optim.SGD([log_alpha], lr=1.0)]))
     for after, before, grad in zip(actor.parameters(), reference_actor.parameters(), actor_grads):
         torch.testing.assert_close(after - before, -grad)
     assert log_alpha.item() == pytest.approx(0.3 - alpha_grad.item(), rel=1e-6)
+
+
+def sac_updates(threads, steps=20, seed=0):
+    """`steps` full SAC updates through an Updater with `threads` threads; returns every parameter afterwards and
+    the metrics of the last update."""
+    actor, qf, qf_target, data = make_update_setup(seed=seed)
+    log_alpha = torch.nn.Parameter(torch.tensor(0.0))
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=1e-2)
+    actor_optimizers = [torch.optim.Adam(actor.parameters(), lr=1e-2), torch.optim.Adam([log_alpha], lr=1e-2)]
+    updater = sac.Updater(threads, contextlib.nullcontext)
+    actor_frozen, qf_frozen, log_alpha_frozen = sac.frozen(actor), sac.frozen(qf), log_alpha.detach()
+    try:
+        for _ in range(steps):
+            noise = torch.randn(len(data[0]), 2)
+            metrics = updater((lambda: sac.critic_loss(*data, actor_frozen, qf, qf_target, log_alpha_frozen, 0.99), [q_optimizer]),
+                              (lambda: sac.actor_loss(data[0], noise, actor, qf_frozen, log_alpha, -2.0), actor_optimizers))
+            sac.polyak_update(list(qf_target.parameters()), list(qf.parameters()), 0.1)
+    finally:
+        updater.close()
+    return [p.detach().clone() for m in (actor, qf, qf_target) for p in m.parameters()] + [log_alpha.detach().clone()], metrics
+
+
+def test_two_threads_give_the_one_thread_result_bit_for_bit():
+    """The actor's half on a second thread must read the critics before their step and the critic's half the actor
+    and temperature before theirs: any race changes the parameters."""
+    one, metrics_one = sac_updates(1)
+    for _ in range(3):
+        two, metrics_two = sac_updates(2)
+        assert all(torch.equal(a, b) for a, b in zip(one, two))
+        assert all(torch.equal(a, b) for a, b in zip(metrics_one[0] + metrics_one[1], metrics_two[0] + metrics_two[1]))
+    other, _ = sac_updates(1, seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(one, other))
+
+
+def test_both_halves_use_the_parameters_from_before_the_update():
+    """A simultaneous update: the actor's gradient through the critics as they were before this update's critic step,
+    the critics' target through the actor and temperature from before theirs (SGD, lr 1: the step is minus the
+    gradient, computed here by hand from copies)."""
+    actor, qf, qf_target, data = make_update_setup()
+    obs, noise = data[0], torch.randn(len(data[0]), 2)
+    log_alpha = torch.nn.Parameter(torch.tensor(0.1))
+    ref_actor, ref_qf, ref_log_alpha = copy.deepcopy(actor), copy.deepcopy(qf), log_alpha.detach().clone().requires_grad_()
+    torch.manual_seed(123)  # critic_loss draws the next actions' noise
+    q_loss, _ = sac.critic_loss(*data, ref_actor, ref_qf, qf_target, ref_log_alpha.detach(), 0.99)
+    q_grads = torch.autograd.grad(q_loss, list(ref_qf.parameters()))
+    a_loss, _ = sac.actor_loss(obs, noise, ref_actor, ref_qf, ref_log_alpha, -2.0)
+    a_grads = torch.autograd.grad(a_loss, list(ref_actor.parameters()) + [ref_log_alpha])
+    for threads in (1, 2):
+        a, q, la = copy.deepcopy(actor), copy.deepcopy(qf), torch.nn.Parameter(log_alpha.detach().clone())
+        updater = sac.Updater(threads, contextlib.nullcontext)
+        torch.manual_seed(123)
+        a_frozen, q_frozen, la_frozen = sac.frozen(a), sac.frozen(q), la.detach()
+        updater((lambda: sac.critic_loss(*data, a_frozen, q, qf_target, la_frozen, 0.99), [torch.optim.SGD(q.parameters(), lr=1.0)]),
+                (lambda: sac.actor_loss(obs, noise, a, q_frozen, la, -2.0), [torch.optim.SGD(list(a.parameters()) + [la], lr=1.0)]))
+        updater.close()
+        for after, before, grad in zip(list(q.parameters()), list(ref_qf.parameters()), q_grads):
+            torch.testing.assert_close(after - before, -grad)
+        for after, before, grad in zip(list(a.parameters()) + [la], list(ref_actor.parameters()) + [ref_log_alpha], a_grads):
+            torch.testing.assert_close(after - before, -grad)
+
+
+def test_frozen_view_follows_the_module_and_takes_no_gradient():
+    actor = sac.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (8, 8))
+    view = sac.frozen(actor)
+    assert [name for name, _ in view.named_parameters()] == [name for name, _ in actor.named_parameters()]
+    assert not any(p.requires_grad for p in view.parameters())
+    optimizer = torch.optim.Adam(actor.parameters(), lr=0.1, fused=True)
+    actor(torch.randn(4, 3))[0].sum().backward()
+    optimizer.step()
+    actor.load_state_dict({k: v + 1 for k, v in actor.state_dict().items()})  # as --resume does
+    assert all(torch.equal(a, b) for a, b in zip(view.state_dict().values(), actor.state_dict().values()))
+    assert all(a is not b for a, b in zip(view.parameters(), actor.parameters()))
+
+
+def test_an_error_in_the_actor_half_is_raised_not_hung():
+    actor, qf, qf_target, data = make_update_setup()
+    log_alpha = torch.tensor(0.0)
+    updater = sac.Updater(2, contextlib.nullcontext)
+
+    def broken():
+        raise RuntimeError("actor half failed")
+
+    with pytest.raises(RuntimeError, match="actor half failed"):
+        updater((lambda: sac.critic_loss(*data, actor, qf, qf_target, log_alpha, 0.99), [torch.optim.SGD(qf.parameters(), lr=0.1)]),
+                (broken, [torch.optim.SGD(actor.parameters(), lr=0.1)]))
+    updater.close()
 
 
 def test_crossed_handles_strides_that_do_not_divide():
