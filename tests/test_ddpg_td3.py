@@ -251,7 +251,8 @@ def test_ddpg_ou_noise_run(tmp_path):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_learns_pendulum_within_15k_steps(script, tmp_path):
     evals = train_evals(script, tmp_path, "--env-id", "Pendulum-v1", "--total-timesteps", 15_000, "--learning-starts", 1000,
-                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1)
+                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1,
+                        "--hidden-sizes", 64, 64)  # 256-wide (the default) learns it too, at twice the suite time
     assert evals[-1][0] == 15_000
     assert evals[-1][1] >= -250, evals
 

@@ -77,7 +77,8 @@ def test_smoke_mujoco_v4(tmp_path):
 
 def test_sac_learns_pendulum_within_10k_steps(tmp_path):
     evals = train_evals(SCRIPT, tmp_path, "--env-id", "Pendulum-v1", "--total-timesteps", 10_000, "--learning-starts", 1000,
-                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1)
+                        "--eval-every", 5000, "--eval-episodes", 10, "--seed", 1,
+                        "--hidden-sizes", 64, 64)  # 256-wide (the default) learns it too, at twice the suite time
     assert evals[-1][0] == 10_000
     assert evals[-1][1] >= -250, evals
 
