@@ -527,8 +527,8 @@ def set_rng_state(state: dict, action_space: gym.Space) -> None:
 def resume_args(saved: dict, argv: Optional[list] = None) -> Args:
     """The arguments of a resumed run: the saved ones, with the command line read again on top of them. Only the
     budget and the device, logging and checkpoint options may change; anything else is refused."""
-    changeable = {"total_timesteps", "cuda", "torch_threads", "compile", "cudagraphs", "track", "progress_bar", "log_every",
-                  "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode", "resume"}
+    changeable = {"total_timesteps", "cuda", "torch_threads", "update_threads", "compile", "cudagraphs", "track", "progress_bar",
+                  "log_every", "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode", "resume"}
     defaults = Args()
     values = {f.name: saved.get(f.name, getattr(defaults, f.name)) for f in fields(Args)}
     saved_args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})  # tuples are saved as lists

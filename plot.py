@@ -22,8 +22,8 @@ from typing import Optional
 import numpy as np
 
 # the arguments that a resumed run may change (the scripts' resume_args): the budget, devices, logging
-RESUMABLE = {"total_timesteps", "cuda", "torch_threads", "compile", "cudagraphs", "track", "progress_bar", "log_every",
-             "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode"}
+RESUMABLE = {"total_timesteps", "cuda", "torch_threads", "update_threads", "compile", "cudagraphs", "track", "progress_bar",
+             "log_every", "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode"}
 # arguments that do not change what is learned: runs that differ only in these are seeds of one experiment
 NOT_HYPERPARAMETERS = RESUMABLE | {"seed", "run_name", "runs_dir", "resume", "wandb_project_name", "wandb_entity", "torch_deterministic"}
 REFERENCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "reference_returns.csv")

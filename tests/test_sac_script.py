@@ -134,10 +134,10 @@ def test_sigterm_saves_latest_and_exits_cleanly(tmp_path):
 
 
 def test_same_seed_gives_identical_runs(tmp_path):
-    def run(name, seed=3, precision="float32"):
+    def run(name, seed=3, precision="float32", threads=2):
         result = run_script(SCRIPT, "--env-id", "Pendulum-v1", "--total-timesteps", 700, "--learning-starts", 200,
                             "--log-every", 100, "--eval-every", 700, "--eval-episodes", 1, "--seed", seed, "--run-name", name,
-                            "--precision", precision, *SMALL, cwd=tmp_path)
+                            "--precision", precision, "--update-threads", threads, *SMALL, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         scalars = read_scalars(str(tmp_path / "runs" / name))
         return {tag: values for tag, values in scalars.items() if tag != "charts/SPS"}
@@ -145,6 +145,7 @@ def test_same_seed_gives_identical_runs(tmp_path):
     first, second = run("a"), run("b")
     assert "losses/qf_loss" in first and "eval/return_mean" in first
     assert first == second
+    assert run("f", threads=1) == first  # the update's two halves on one thread: the same run
     assert run("c", seed=4)["losses/qf_loss"] != first["losses/qf_loss"]
     bf16 = run("d", precision="bfloat16")
     assert bf16 == run("e", precision="bfloat16")  # bfloat16 updates are deterministic too
@@ -158,6 +159,7 @@ def test_same_seed_gives_identical_runs(tmp_path):
     (["--total-timesteps", 1000, "--learning-starts", 5000], "--learning-starts 5000 must be in [0, --total-timesteps 1000)"),
     (["--policy-lr", -0.001], "--policy-lr must be positive"),
     (["--total-timesteps", 0], "--total-timesteps must be positive"),
+    (["--update-threads", 3], "--update-threads must be 1 or 2, got 3"),
     (["--resume", "missing.pt"], "missing.pt: no such file"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(tmp_path, args, message):

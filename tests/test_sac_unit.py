@@ -394,8 +394,9 @@ def test_resume_args_keep_saved_hyperparameters_and_refuse_changes():
     args = sac.resume_args(saved, ["--resume", "x.pt"])
     assert (args.env_id, args.total_timesteps, args.batch_size, args.hidden_sizes, args.cuda) == ("Pendulum-v1", 1000, 32, (64, 64), False)
     # the budget and the device may change, to the default value too
-    args = sac.resume_args(saved, ["--resume", "x.pt", "--total-timesteps", "5000", "--cuda"])
+    args = sac.resume_args(saved, ["--resume", "x.pt", "--total-timesteps", "5000", "--cuda", "--update-threads", "1"])
     assert args.total_timesteps == 5000 and args.cuda and args.resume == "x.pt" and args.batch_size == 32
+    assert args.update_threads == 1  # the same result on one thread or two
     with pytest.raises(sac.ArgError, match="--batch-size cannot change when resuming"):
         sac.resume_args(saved, ["--resume", "x.pt", "--batch-size", "512"])
 
