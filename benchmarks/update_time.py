@@ -70,19 +70,21 @@ def make_update(module, compile: bool = False, threads: int = 1, obs_dim: int = 
 
     critic_loss, actor_loss = (torch.compile(f) for f in (module.critic_loss, module.actor_loss)) if compile else (module.critic_loss, module.actor_loss)
     updater = module.Updater(threads, contextlib.nullcontext)
+    # as the scripts do: each half reads the other's networks through frozen copies (threads must not share tensors)
+    actor_frozen, qf_frozen, log_alpha_frozen = module.frozen(actor), module.frozen(qf), log_alpha.detach()
 
     def update():
         data = rb.sample(args.batch_size)
         if kind == "sac":
             noise = torch.randn(args.batch_size, act_dim)
-            updater((lambda: critic_loss(*data, actor, qf, qf_target, log_alpha, args.gamma), [q_optimizer]),
-                    (lambda: actor_loss(data[0], noise, actor, qf, log_alpha, -float(act_dim)), [actor_optimizer, alpha_optimizer]))
+            updater((lambda: critic_loss(*data, actor_frozen, qf, qf_target, log_alpha_frozen, args.gamma), [q_optimizer]),
+                    (lambda: actor_loss(data[0], noise, actor, qf_frozen, log_alpha, -float(act_dim)), [actor_optimizer, alpha_optimizer]))
             module.polyak_update(qf_target_params, qf_params, args.tau)
             return
         count[0] += 1
         due = count[0] % args.policy_frequency == 0
         updater((lambda: critic_loss(*data, actor_target, qf, qf_target, args.gamma, *extra), [q_optimizer]),
-                (lambda: actor_loss(data[0], actor, qf), [actor_optimizer]) if due else None)
+                (lambda: actor_loss(data[0], actor, qf_frozen), [actor_optimizer]) if due else None)
         if due:
             module.polyak_update(actor_target_params, actor_params, args.tau)
             module.polyak_update(qf_target_params, qf_params, args.tau)
