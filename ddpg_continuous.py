@@ -80,8 +80,9 @@ class Args:
     layers, losses, acting and evaluation stay float32): about 1.3x faster updates on a CPU with AVX-512 BF16 or AMX,
     slower on others; it cost SAC some return on HalfCheetah (README, Speed)"""
     update_threads: int = 2
-    """CPU threads per update (1 or 2): with 2 the actor's half of each update runs beside the critic's on a second
-    core (the same result bit for bit, about 1.5x faster updates); CUDA and --compile use 1"""
+    """CPU threads per update (1 or 2): with 2 the actor's half of each update runs beside the critics' on a second
+    core (the same result bit for bit, about 1.5x faster updates), and an update without one (TD3's every other)
+    splits the critics' batch between the cores (equal up to rounding); CUDA and --compile use 1"""
     save_buffer: bool = True
     """save the replay buffer beside latest.pt, so --resume continues with it"""
     buffer_size: int = 1_000_000
@@ -393,15 +394,16 @@ def polyak_update(target_params: list[torch.Tensor], params: list[torch.Tensor],
     torch._foreach_lerp_(target_params, params, tau)
 
 
-def frozen(module: nn.Module) -> nn.Module:
-    """A copy of `module` whose parameters share its memory (they follow its optimizer steps and load_state_dict)
-    but take no gradient: what one half of an update reads of the other's network. Each thread of an Updater must
-    use tensors of its own: torch's autograd bookkeeping of one tensor is not safe to share between threads (a thread
-    that records a gradient edge to a parameter while another indexes it can deadlock on the GIL)."""
+def frozen(module: nn.Module, trainable: bool = False) -> nn.Module:
+    """A copy of `module` whose parameters share its memory (they follow its optimizer steps and load_state_dict) but
+    are tensors of their own: what one thread of an Updater reads of a network that another thread trains. Each thread
+    must use tensors of its own: torch's autograd bookkeeping of one tensor is not safe to share between threads (a
+    thread that records a gradient edge to a parameter while another indexes it can deadlock on the GIL).
+    trainable: the copy's parameters take gradients of their own (in their .grad), as the module's do."""
     view = copy.deepcopy(module)
     for name, param in module.named_parameters():
         owner, _, leaf = name.rpartition(".")
-        setattr(view.get_submodule(owner), leaf, nn.Parameter(param.detach(), requires_grad=False))
+        setattr(view.get_submodule(owner), leaf, nn.Parameter(param.detach(), requires_grad=trainable and param.requires_grad))
     for name, buffer in module.named_buffers():  # the action bounds
         owner, _, leaf = name.rpartition(".")
         setattr(view.get_submodule(owner), leaf, buffer.detach())
@@ -412,13 +414,17 @@ class Updater:
     """One update of the critics and, when one is due, of the actor, both from the parameters as they were before it:
     each half computes its loss and gradient first, then both step their optimizers (a simultaneous update; the
     actor's gradient goes through the critics of before their step). With threads=2 the actor's half runs on a
-    second thread while this one runs the critics' (torch releases the GIL inside its operations), on one thread
-    they run one after the other: the same result bit for bit. Only this thread draws random numbers."""
+    second thread while this one runs the critics' (torch releases the GIL inside its operations); an update without
+    an actor half (TD3's every other one) splits the critics' batch between the two threads instead and adds their
+    gradients. On one thread everything runs one after the other: the same result bit for bit, except that a split
+    batch sums its gradient in another order (equal up to rounding). Only this thread draws random numbers: what the
+    critics' loss needs is in its batch."""
 
     def __init__(self, threads: int, autocast: Callable):
         self.autocast = autocast  # autocast is per thread: each half enters it
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="actor-update") if threads > 1 else None
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="update") if threads > 1 else None
         self.barrier = threading.Barrier(2)
+        self.replicas: dict[tuple, tuple] = {}  # the critics' networks as the second thread reads them, for a split batch
 
     def gradient(self, loss_fn: Callable, optimizers: list) -> tuple:
         with self.autocast():
@@ -440,8 +446,46 @@ class Updater:
             optimizer.step()
         return metrics
 
-    def __call__(self, critic: tuple[Callable, list], actor: Optional[tuple[Callable, list]] = None) -> tuple:
-        """critic, actor: (loss function without arguments, its optimizers). Returns both halves' metrics."""
+    def part(self, loss_of: Callable, batch: tuple, nets: tuple, share: float) -> tuple:
+        """The gradient of `share` times the loss of part of the batch (a mean over it); its share of the metrics."""
+        with self.autocast():
+            loss, metrics = loss_of(batch, nets)
+        (loss * share).backward()
+        return tuple(metric * share for metric in metrics)
+
+    def split(self, loss_of: Callable, batch: tuple, nets: tuple, optimizers: list) -> tuple:
+        """The critics' half alone on both threads: each takes part of the batch (the second on copies of the networks
+        that share their memory), weighted by its share; the gradients add up to the whole batch's."""
+        if tuple(map(id, nets)) not in self.replicas:
+            copies = tuple(frozen(net, trainable=True) if isinstance(net, nn.Module) else net.detach() for net in nets)
+            params = [[p for net in group if isinstance(net, nn.Module) for p in net.parameters()] for group in (nets, copies)]
+            self.replicas[tuple(map(id, nets))] = copies, *params
+        copies, params, copied = self.replicas[tuple(map(id, nets))]
+        n = len(batch[0])
+        k = (n + 1) // 2
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        for param in copied:
+            param.grad = None
+        second = self.worker.submit(self.part, loss_of, tuple(t[k:] for t in batch), copies, (n - k) / n)
+        try:
+            metrics = self.part(loss_of, tuple(t[:k] for t in batch), nets, k / n)
+        finally:
+            other = second.result()  # also when this part failed: the worker reads these parameters
+        pairs = [(p.grad, c.grad) for p, c in zip(params, copied) if p.grad is not None and c.grad is not None]
+        torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs])
+        for optimizer in optimizers:
+            optimizer.step()
+        return tuple(a + b for a, b in zip(metrics, other))
+
+    def __call__(self, critic: tuple[Callable, tuple, tuple, list], actor: Optional[tuple[Callable, list]] = None) -> tuple:
+        """critic: (its loss as a function of (batch, networks), the batch (tensors with one row per sample), the
+        networks the loss reads, its optimizers); actor: (its loss function without arguments, its optimizers).
+        Returns both halves' metrics."""
+        loss_of, batch, nets, critic_optimizers = critic
+        if actor is None and self.worker is not None and len(batch[0]) > 1:
+            return self.split(loss_of, batch, nets, critic_optimizers), None
+        critic = (lambda: loss_of(batch, nets), critic_optimizers)
         if actor is None or self.worker is None:
             metrics = [self.gradient(*half) for half in (critic, actor) if half is not None]
             for optimizer in critic[1] + (actor[1] if actor else []):
@@ -772,7 +816,7 @@ def main() -> None:
                     num_updates += 1
                     due = num_updates % args.policy_frequency == 0  # every update by default; delayed as in TD3 with --policy-frequency 2
                     (qf_loss, qf_mean), actor_metrics = updater(
-                        (lambda: critic_fn(*data, actor_target, qf, qf_target, args.gamma), [q_optimizer]),
+                        (lambda batch, nets: critic_fn(*batch, *nets, args.gamma), data, (actor_target, qf, qf_target), [q_optimizer]),
                         (lambda: actor_fn(data[0], actor, qf_frozen), [actor_optimizer]) if due else None)
                     if due:
                         policy_loss, = actor_metrics

@@ -73,17 +73,29 @@ def make_update(module, compile: bool = False, threads: int = 1, obs_dim: int = 
     # as the scripts do: each half reads the other's networks through frozen copies (threads must not share tensors)
     actor_frozen, qf_frozen, log_alpha_frozen = module.frozen(actor), module.frozen(qf), log_alpha.detach()
 
+    split_api = hasattr(module.Updater, "split")  # the critics' half as (loss of (batch, nets), batch, nets, optimizers)
+
+    def critic_half(batch, nets, optimizers, *constants):
+        if split_api:
+            return (lambda batch, nets: critic_loss(*batch, *nets, *constants), batch, nets, optimizers)
+        if kind != "ddpg":  # versions before the noise was drawn outside the loss
+            batch = batch[:-1]
+        return (lambda: critic_loss(*batch, *nets, *constants), optimizers)
+
     def update():
         data = rb.sample(args.batch_size)
         if kind == "sac":
             noise = torch.randn(args.batch_size, act_dim)
-            updater((lambda: critic_loss(*data, actor_frozen, qf, qf_target, log_alpha_frozen, args.gamma), [q_optimizer]),
+            next_noise = torch.randn(args.batch_size, act_dim)
+            updater(critic_half((*data, next_noise), (actor_frozen, qf, qf_target, log_alpha_frozen), [q_optimizer], args.gamma),
                     (lambda: actor_loss(data[0], noise, actor, qf_frozen, log_alpha, -float(act_dim)), [actor_optimizer, alpha_optimizer]))
             module.polyak_update(qf_target_params, qf_params, args.tau)
             return
+        if kind == "td3":
+            data = (*data, torch.randn(args.batch_size, act_dim))
         count[0] += 1
         due = count[0] % args.policy_frequency == 0
-        updater((lambda: critic_loss(*data, actor_target, qf, qf_target, args.gamma, *extra), [q_optimizer]),
+        updater(critic_half(data, (actor_target, qf, qf_target), [q_optimizer], args.gamma, *extra),
                 (lambda: actor_loss(data[0], actor, qf_frozen), [actor_optimizer]) if due else None)
         if due:
             module.polyak_update(actor_target_params, actor_params, args.tau)

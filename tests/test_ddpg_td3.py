@@ -118,26 +118,32 @@ def test_actor_update_raises_q(module):
     before = qf(obs, actor(obs))[0].mean().item()
     updater = module.Updater(1, contextlib.nullcontext)
     for _ in range(50):
-        updater((lambda: module.actor_loss(obs, actor, qf), [optimizer]))
+        updater((lambda batch, nets: module.actor_loss(*batch, *nets), (obs,), (actor, qf), [optimizer]))
     assert qf(obs, actor(obs))[0].mean().item() > before
     assert all(p.grad is None for p in qf.parameters())
 
 
-def deterministic_updates(module, threads, steps=12):
-    """`steps` updates of `module` (actor every other one, as TD3 delays it) through an Updater with `threads` threads;
-    returns every parameter afterwards."""
+def critic_half(module, data, nets, optimizers):
+    """The critics' half of an Updater call as the script passes it (TD3: the smoothing noise drawn here)."""
+    extra = (0.2, 0.5) if module is td3 else ()
+    batch = (*data, torch.randn(len(data[0]), data[1].shape[1])) if module is td3 else data
+    return (lambda batch, nets: module.critic_loss(*batch, *nets, 0.99, *extra), batch, nets, optimizers)
+
+
+def deterministic_updates(module, threads, steps=12, every=1, batch=64):
+    """`steps` updates of `module` through an Updater with `threads` threads, the actor's every `every`-th (TD3
+    delays it: 2); returns every parameter afterwards."""
     torch.manual_seed(0)
     actor, qf = module.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (32, 32)), module.QEnsemble(3, 2, (32, 32), num_q=2)
     actor_target, qf_target = module.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (32, 32)), module.QEnsemble(3, 2, (32, 32), num_q=2)
     q_optimizer, actor_optimizer = torch.optim.Adam(qf.parameters(), lr=1e-2), torch.optim.Adam(actor.parameters(), lr=1e-2)
-    obs = torch.randn(64, 3)
-    data = (obs, torch.rand(64, 2) * 2 - 1, obs.sum(-1), torch.randn(64, 3), torch.zeros(64))
-    extra = (0.2, 0.5) if module is td3 else ()
+    obs = torch.randn(batch, 3)
+    data = (obs, torch.rand(batch, 2) * 2 - 1, obs.sum(-1), torch.randn(batch, 3), torch.zeros(batch))
     updater, qf_frozen = module.Updater(threads, contextlib.nullcontext), module.frozen(qf)
     try:
         for step in range(steps):
-            updater((lambda: module.critic_loss(*data, actor_target, qf, qf_target, 0.99, *extra), [q_optimizer]),
-                    (lambda: module.actor_loss(obs, actor, qf_frozen), [actor_optimizer]) if step % 2 else None)
+            updater(critic_half(module, data, (actor_target, qf, qf_target), [q_optimizer]),
+                    (lambda: module.actor_loss(obs, actor, qf_frozen), [actor_optimizer]) if step % every == every - 1 else None)
             module.polyak_update(list(qf_target.parameters()), list(qf.parameters()), 0.1)
             module.polyak_update(list(actor_target.parameters()), list(actor.parameters()), 0.1)
     finally:
@@ -153,12 +159,64 @@ def test_two_threads_give_the_one_thread_result_bit_for_bit(module):
 
 
 @pytest.mark.parametrize("module", [ddpg, td3])
+def test_split_batches_give_the_one_thread_result_up_to_rounding(module):
+    """Updates without an actor half split the critics' batch between the two threads: the same result up to the
+    order of a sum, and the same bit for bit from one run to the next."""
+    one = deterministic_updates(module, 1, every=2, batch=63)
+    two = deterministic_updates(module, 2, every=2, batch=63)
+    assert not all(torch.equal(a, b) for a, b in zip(one, two))  # the split ran: rounding differs
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(two, deterministic_updates(module, 2, every=2, batch=63)))
+
+
+@pytest.mark.parametrize("module", [ddpg, td3])
+@pytest.mark.parametrize("batch", [32, 33])
+def test_a_split_batch_steps_by_the_whole_batch_gradient(module, batch):
+    """SGD with lr 1: the critic's step is minus the gradient of the loss of the whole batch, computed by hand, and
+    the metrics are the whole batch's, for an even batch and an odd one (shares 17/33 and 16/33)."""
+    torch.manual_seed(0)
+    actor, qf = module.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (16,)), module.QEnsemble(3, 2, (16, 16), num_q=2)
+    qf_target = copy.deepcopy(qf)
+    obs = torch.randn(batch, 3)
+    data = (obs, torch.rand(batch, 2) * 2 - 1, obs.sum(-1), torch.randn(batch, 3), torch.zeros(batch))
+    q = copy.deepcopy(qf)
+    updater = module.Updater(2, contextlib.nullcontext)
+    torch.manual_seed(1)
+    metrics, actor_metrics = updater(critic_half(module, data, (actor, q, qf_target), [torch.optim.SGD(q.parameters(), lr=1.0)]))
+    updater.close()
+    torch.manual_seed(1)
+    loss_of, whole, nets, _ = critic_half(module, data, (actor, qf, qf_target), [])
+    loss, expected = loss_of(whole, nets)
+    grads = torch.autograd.grad(loss, list(qf.parameters()))
+    assert actor_metrics is None
+    for after, before, grad in zip(q.parameters(), qf.parameters(), grads):
+        torch.testing.assert_close(after - before, -grad)
+    for value, reference in zip(metrics, expected):
+        torch.testing.assert_close(value, reference)
+
+
+def test_an_error_in_the_second_part_of_a_split_batch_is_raised():
+    qf = td3.QEnsemble(3, 2, (8,), num_q=2)
+    updater = td3.Updater(2, contextlib.nullcontext)
+
+    def loss_of(batch, nets):
+        if len(batch[0]) < 10:
+            raise RuntimeError("second part failed")
+        return nets[0](*batch).sum(), ()
+
+    with pytest.raises(RuntimeError, match="second part failed"):
+        updater((loss_of, (torch.randn(19, 3), torch.randn(19, 2)), (qf,), [torch.optim.SGD(qf.parameters(), lr=0.1)]))
+    updater.close()
+
+
+@pytest.mark.parametrize("module", [ddpg, td3])
 def test_many_two_thread_updates_do_not_deadlock(module):
-    """Each half on tensors of its own (frozen): with the actor's half indexing the critic's own parameters while the
+    """Each thread on tensors of its own (frozen): with the actor's half indexing the critic's own parameters while the
     critic's half records gradient edges to them, this hung within a few hundred updates (holding the GIL: hence a
     separate process)."""
     code = (f"import sys; sys.path[:0] = [{os.path.dirname(__file__)!r}]; import test_ddpg_td3 as t; "
-            f"t.deterministic_updates(t.{module.__name__.split('_')[0]}, 2, steps=1500)")
+            f"t.deterministic_updates(t.{module.__name__.split('_')[0]}, 2, steps=1500, every=2)")
     try:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
@@ -178,9 +236,8 @@ def test_the_actor_steps_through_the_critic_of_before_the_update(module):
     for threads in (1, 2):
         a, q = copy.deepcopy(actor), copy.deepcopy(qf)
         updater = module.Updater(threads, contextlib.nullcontext)
-        extra = (0.2, 0.5) if module is td3 else ()
         q_frozen = module.frozen(q)
-        updater((lambda: module.critic_loss(*data, actor, q, qf, 0.99, *extra), [torch.optim.SGD(q.parameters(), lr=1.0)]),
+        updater(critic_half(module, data, (actor, q, qf), [torch.optim.SGD(q.parameters(), lr=1.0)]),
                 (lambda: module.actor_loss(obs, a, q_frozen), [torch.optim.SGD(a.parameters(), lr=1.0)]))
         updater.close()
         assert not all(torch.equal(x, y) for x, y in zip(q.parameters(), qf.parameters()))  # the critic did step

@@ -217,12 +217,18 @@ def one_thread():
     return sac.Updater(1, contextlib.nullcontext)
 
 
+def critic_half(data, nets, optimizers, gamma=0.99):
+    """The critics' half of an Updater call as the script passes it, the next actions' noise drawn here."""
+    next_noise = torch.randn(len(data[0]), nets[0].action_scale.shape[-1])
+    return (lambda batch, nets: sac.critic_loss(*batch, *nets, gamma), (*data, next_noise), nets, optimizers)
+
+
 def test_critic_update_fits_its_target():
     actor, qf, qf_target, data = make_update_setup()
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=1e-3)
     log_alpha = torch.tensor(math.log(0.2))
     updater = one_thread()
-    losses = [updater((lambda: sac.critic_loss(*data, actor, qf, qf_target, log_alpha, 0.0), [q_optimizer]))[0][0].item() for _ in range(200)]
+    losses = [updater(critic_half(data, (actor, qf, qf_target, log_alpha), [q_optimizer], gamma=0.0))[0][0].item() for _ in range(200)]
     # gamma = 0: the target is the reward alone (a function of the observation), which the critics must fit
     assert losses[-1] < 0.05 * losses[0]
 
@@ -238,7 +244,7 @@ def test_actor_and_alpha_updates_move_the_right_way():
     for _ in range(100):
         # a freshly initialised policy has entropy far above the target -|A| = -2: alpha must fall
         loss_fn = lambda: sac.actor_loss(obs, torch.randn(len(obs), 2), actor, qf, log_alpha, -2.0)  # noqa: E731
-        updater((loss_fn, [actor_optimizer, alpha_optimizer]))
+        updater((lambda batch, nets: loss_fn(), (obs,), (), [actor_optimizer, alpha_optimizer]))
     assert log_alpha.item() < -0.5
     assert qf(obs, actor.act(obs, deterministic=True)).min(0).values.mean() > q_before
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in qf.parameters())  # the critics are left alone
@@ -259,7 +265,7 @@ def test_one_backward_gives_each_loss_its_own_gradient():
     actor_loss = (log_alpha.exp().detach() * log_pi - qf(obs, actions).min(0).values).mean()
     actor_grads = torch.autograd.grad(actor_loss, list(reference_actor.parameters()))
     alpha_grad, = torch.autograd.grad(-(log_alpha.exp() * (log_pi.detach() + target_entropy)).mean(), [log_alpha])
-    one_thread()((lambda: sac.actor_loss(obs, noise, actor, qf, log_alpha, target_entropy),
+    one_thread()((lambda batch, nets: sac.actor_loss(*batch, *nets, target_entropy), (obs, noise), (actor, qf, log_alpha),
                   [torch.optim.SGD(actor.parameters(), lr=1.0), torch.optim.SGD([log_alpha], lr=1.0)]))
     for after, before, grad in zip(actor.parameters(), reference_actor.parameters(), actor_grads):
         torch.testing.assert_close(after - before, -grad)
@@ -278,7 +284,7 @@ def sac_updates(threads, steps=20, seed=0):
     try:
         for _ in range(steps):
             noise = torch.randn(len(data[0]), 2)
-            metrics = updater((lambda: sac.critic_loss(*data, actor_frozen, qf, qf_target, log_alpha_frozen, 0.99), [q_optimizer]),
+            metrics = updater(critic_half(data, (actor_frozen, qf, qf_target, log_alpha_frozen), [q_optimizer]),
                               (lambda: sac.actor_loss(data[0], noise, actor, qf_frozen, log_alpha, -2.0), actor_optimizers))
             sac.polyak_update(list(qf_target.parameters()), list(qf.parameters()), 0.1)
     finally:
@@ -306,8 +312,8 @@ def test_both_halves_use_the_parameters_from_before_the_update():
     obs, noise = data[0], torch.randn(len(data[0]), 2)
     log_alpha = torch.nn.Parameter(torch.tensor(0.1))
     ref_actor, ref_qf, ref_log_alpha = copy.deepcopy(actor), copy.deepcopy(qf), log_alpha.detach().clone().requires_grad_()
-    torch.manual_seed(123)  # critic_loss draws the next actions' noise
-    q_loss, _ = sac.critic_loss(*data, ref_actor, ref_qf, qf_target, ref_log_alpha.detach(), 0.99)
+    torch.manual_seed(123)  # critic_half draws the next actions' noise
+    q_loss, _ = sac.critic_loss(*data, torch.randn(len(obs), 2), ref_actor, ref_qf, qf_target, ref_log_alpha.detach(), 0.99)
     q_grads = torch.autograd.grad(q_loss, list(ref_qf.parameters()))
     a_loss, _ = sac.actor_loss(obs, noise, ref_actor, ref_qf, ref_log_alpha, -2.0)
     a_grads = torch.autograd.grad(a_loss, list(ref_actor.parameters()) + [ref_log_alpha])
@@ -316,7 +322,7 @@ def test_both_halves_use_the_parameters_from_before_the_update():
         updater = sac.Updater(threads, contextlib.nullcontext)
         torch.manual_seed(123)
         a_frozen, q_frozen, la_frozen = sac.frozen(a), sac.frozen(q), la.detach()
-        updater((lambda: sac.critic_loss(*data, a_frozen, q, qf_target, la_frozen, 0.99), [torch.optim.SGD(q.parameters(), lr=1.0)]),
+        updater(critic_half(data, (a_frozen, q, qf_target, la_frozen), [torch.optim.SGD(q.parameters(), lr=1.0)]),
                 (lambda: sac.actor_loss(obs, noise, a, q_frozen, la, -2.0), [torch.optim.SGD(list(a.parameters()) + [la], lr=1.0)]))
         updater.close()
         for after, before, grad in zip(list(q.parameters()), list(ref_qf.parameters()), q_grads):
@@ -347,7 +353,7 @@ def test_an_error_in_the_actor_half_is_raised_not_hung():
         raise RuntimeError("actor half failed")
 
     with pytest.raises(RuntimeError, match="actor half failed"):
-        updater((lambda: sac.critic_loss(*data, actor, qf, qf_target, log_alpha, 0.99), [torch.optim.SGD(qf.parameters(), lr=0.1)]),
+        updater(critic_half(data, (actor, qf, qf_target, log_alpha), [torch.optim.SGD(qf.parameters(), lr=0.1)]),
                 (broken, [torch.optim.SGD(actor.parameters(), lr=0.1)]))
     updater.close()
 
