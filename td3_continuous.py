@@ -469,11 +469,12 @@ class Updater:
     def split(self, loss_of: Callable, batch: tuple, nets: tuple, optimizers: list) -> tuple:
         """The critics' half alone on both threads: each takes part of the batch (the second on copies of the networks
         that share their memory), weighted by its share; the gradients add up to the whole batch's."""
-        if tuple(map(id, nets)) not in self.replicas:
+        key = tuple(map(id, nets))
+        if key not in self.replicas:
             copies = tuple(frozen(net, trainable=True) if isinstance(net, nn.Module) else net.detach() for net in nets)
             params = [[p for net in group if isinstance(net, nn.Module) for p in net.parameters()] for group in (nets, copies)]
-            self.replicas[tuple(map(id, nets))] = copies, *params
-        copies, params, copied = self.replicas[tuple(map(id, nets))]
+            self.replicas[key] = nets, copies, *params  # holding the networks keeps their ids from being reused
+        _, copies, params, copied = self.replicas[key]
         n = len(batch[0])
         k = (n + 1) // 2
         for optimizer in optimizers:
@@ -483,18 +484,21 @@ class Updater:
         second = self.worker.submit(self.part, loss_of, tuple(t[k:] for t in batch), copies, (n - k) / n)
         try:
             metrics = self.part(loss_of, tuple(t[:k] for t in batch), nets, k / n)
-        finally:
-            other = second.result()  # also when this part failed: the worker reads these parameters
+        except BaseException:
+            second.exception()  # wait for the worker, which reads these parameters; this error is the one raised
+            raise
+        other = second.result()
         pairs = [(p.grad, c.grad) for p, c in zip(params, copied) if p.grad is not None and c.grad is not None]
-        torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs])
+        if pairs:
+            torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs])
         for optimizer in optimizers:
             optimizer.step()
         return tuple(a + b for a, b in zip(metrics, other))
 
     def __call__(self, critic: tuple[Callable, tuple, tuple, list], actor: Optional[tuple[Callable, list]] = None) -> tuple:
-        """critic: (its loss as a function of (batch, networks), the batch (tensors with one row per sample), the
-        networks the loss reads, its optimizers); actor: (its loss function without arguments, its optimizers).
-        Returns both halves' metrics."""
+        """critic: (its loss as a function of (batch, networks), reading nothing else, a mean over the batch; the batch
+        (tensors with one row per sample); the networks the loss reads; its optimizers); actor: (its loss function
+        without arguments, its optimizers). Returns both halves' metrics."""
         loss_of, batch, nets, critic_optimizers = critic
         if actor is None and self.worker is not None and len(batch[0]) > 1:
             return self.split(loss_of, batch, nets, critic_optimizers), None

@@ -196,18 +196,45 @@ def test_a_split_batch_steps_by_the_whole_batch_gradient(module, batch):
         torch.testing.assert_close(value, reference)
 
 
-def test_an_error_in_the_second_part_of_a_split_batch_is_raised():
+@pytest.mark.parametrize("failing", ["first", "second", "both"])
+def test_an_error_in_either_part_of_a_split_batch_is_raised(failing):
+    """The first part (10 rows of 19) runs on this thread, the second (9) on the worker; where both fail, this
+    thread's error is the one raised. Afterwards the same Updater steps by the gradient again."""
     qf = td3.QEnsemble(3, 2, (8,), num_q=2)
     updater = td3.Updater(2, contextlib.nullcontext)
+    batch = (torch.randn(19, 3), torch.randn(19, 2))
 
     def loss_of(batch, nets):
-        if len(batch[0]) < 10:
-            raise RuntimeError("second part failed")
+        part = "first" if len(batch[0]) == 10 else "second"
+        if failing in (part, "both"):
+            raise RuntimeError(f"{part} part failed")
         return nets[0](*batch).sum(), ()
 
-    with pytest.raises(RuntimeError, match="second part failed"):
-        updater((loss_of, (torch.randn(19, 3), torch.randn(19, 2)), (qf,), [torch.optim.SGD(qf.parameters(), lr=0.1)]))
+    with pytest.raises(RuntimeError, match=f"{'first' if failing == 'both' else failing} part failed"):
+        updater((loss_of, batch, (qf,), [torch.optim.SGD(qf.parameters(), lr=0.1)]))
+    before = [p.detach().clone() for p in qf.parameters()]
+    grads = torch.autograd.grad(qf(*batch).sum() / 19, list(qf.parameters()))
+    updater((lambda batch, nets: (nets[0](*batch).sum() / len(batch[0]), ()), batch, (qf,), [torch.optim.SGD(qf.parameters(), lr=1.0)]))
     updater.close()
+    for after, old, grad in zip(qf.parameters(), before, grads):
+        torch.testing.assert_close(after - old, -grad)
+
+
+def test_a_split_batch_follows_networks_built_anew():
+    """Copies for the second thread are kept per set of networks; networks built anew (whose ids Python may reuse
+    for garbage-collected ones) must get copies of their own, not another network's."""
+    updater = td3.Updater(2, contextlib.nullcontext)
+    batch = (torch.randn(8, 3), torch.randn(8, 2))
+    try:
+        for _ in range(30):
+            qf = td3.QEnsemble(3, 2, (8,), num_q=2)
+            before = [p.detach().clone() for p in qf.parameters()]
+            grads = torch.autograd.grad(qf(*batch).mean(1).sum(), list(qf.parameters()))
+            updater((lambda batch, nets: (nets[0](*batch).mean(1).sum(), ()), batch, (qf,), [torch.optim.SGD(qf.parameters(), lr=1.0)]))
+            for after, old, grad in zip(qf.parameters(), before, grads):
+                torch.testing.assert_close(after - old, -grad)
+    finally:
+        updater.close()
 
 
 @pytest.mark.parametrize("module", [ddpg, td3])
