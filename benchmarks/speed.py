@@ -1,6 +1,7 @@
 """Training speed of an off-policy script (eager and --compile) against Stable-Baselines3's equivalent, in one run.
 
     python benchmarks/speed.py --algo sac|td3|ddpg [--env-id HalfCheetah-v4] [--steps 4000] [--learning-starts 1000] [--repeats 2] [--also OLD.py]
+    python benchmarks/speed.py --algo td3 --together 2   # two runs at once, --update-threads 1 against 2: their summed SPS
 
 Each configuration trains in its own process with one torch thread, at the same hyperparameters (the script's
 defaults: 256x256 networks, batch 256, one gradient step per env step, its learning rates, noise and delays). The
@@ -9,7 +10,10 @@ cores); they are also timed with --update-threads 1, on one core as Stable-Basel
 SPS is measured after learning starts, from step `learning-starts` to the last step, so only steps that include
 an update count. The configurations run one after another, `repeats` times interleaved; the median is reported,
 with each configuration's ratio to Stable-Baselines3 as the ratio of medians and as the median of per-repeat ratios.
-Needs stable-baselines3: pip install -r requirements-bench.txt."""
+Needs stable-baselines3: pip install -r requirements-bench.txt.
+With --together N it times instead N runs of the script at once (as benchmark.py runs one per core), each with
+--update-threads 1 and then 2, and reports their summed SPS: what a second update thread is worth when the runs
+already fill the cores."""
 import argparse
 import json
 import os
@@ -17,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +68,12 @@ def ours(script: str, env_id: str, steps: int, learning_starts: int, seed: int, 
     return (events[-1].step - events[0].step) / (events[-1].wall_time - events[0].wall_time)
 
 
+def together(script: str, env_id: str, steps: int, learning_starts: int, seed: int, extra: list, runs: int) -> float:
+    """The summed SPS of `runs` runs of a script at once (seeds seed, seed + 1000, ...)."""
+    with ThreadPoolExecutor(runs) as pool:
+        return sum(pool.map(lambda i: ours(script, env_id, steps, learning_starts, seed + 1000 * i, extra), range(runs)))
+
+
 def sb3(algo: str, env_id: str, steps: int, learning_starts: int, seed: int) -> float:
     out = subprocess.run([sys.executable, "-c", SB3_PROGRAM, algo, env_id, str(steps), str(learning_starts), str(seed),
                           os.path.join(ROOT, "benchmarks")],
@@ -78,6 +89,8 @@ def main() -> None:
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="skip the --compile configuration")
+    parser.add_argument("--together", type=int, default=0, metavar="N",
+                        help="instead: N runs at once with --update-threads 1, then 2 (summed SPS; off-policy scripts)")
     parser.add_argument("--also", nargs="+", default=[], metavar="SCRIPT",
                         help="other versions of the script to time the same way, eager float32, e.g. an older commit's: "
                              "git show HEAD~1:sac_continuous.py > /tmp/sac_before.py")
@@ -97,6 +110,14 @@ def main() -> None:
         configs[f"{other} (eager)"] = lambda seed, other=os.path.abspath(other): ours(other, args.env_id, args.steps, args.learning_starts, seed, [])
     if not args.no_compile:
         configs[f"{script} --compile"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, ["--compile"])
+    if args.together:
+        if args.algo not in ("sac", "td3", "ddpg"):
+            parser.error("--together compares update threads: sac, td3 or ddpg")
+        baseline_name = f"{args.together} x {script} --update-threads 1"
+        configs = {f"{args.together} x {script} --update-threads {threads}":
+                   lambda seed, threads=threads: together(script, args.env_id, args.steps, args.learning_starts, seed,
+                                                          ["--update-threads", str(threads)], args.together)
+                   for threads in (1, 2)}
     results = {name: [] for name in configs}
     for repeat in range(args.repeats):
         for name, measure in configs.items():

@@ -65,6 +65,26 @@ def test_run_names_are_canonical_and_leave_out_the_budget():
     assert len(benchmark.experiment_slug([f"--arg{i}={'x' * 20}" for i in range(5)])) <= 60
 
 
+def test_runs_with_fewer_than_two_cores_update_on_one_thread(tmp_path):
+    td3, ppo = (os.path.join(ROOT, s) for s in ("td3_continuous.py", "ppo_continuous.py"))
+    for script in ("sac_continuous.py", "td3_continuous.py", "ddpg_continuous.py"):
+        assert benchmark.run_arguments(os.path.join(ROOT, script), ["--seed-x"], cores=1) == ["--seed-x", "--update-threads", "1"]
+    assert benchmark.run_arguments(ppo, [], cores=1) == []  # no such option
+    assert benchmark.run_arguments(td3, [], cores=2) == []  # two cores: the default, two threads
+    assert benchmark.run_arguments(td3, ["--update-threads=2"], cores=1) == ["--update-threads=2"]  # the user's own value
+    assert benchmark.cores_per_run(workers=10**6, ray=False) == 1 and benchmark.cores_per_run(workers=1, ray=True) == 1
+    assert benchmark.cores_per_run(workers=1, ray=False) == len(os.sched_getaffinity(0))
+    # through the command line: one run per core (the default) leaves one core to each run
+    result = run_script("benchmark.py", "--scripts", "td3_continuous.py", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
+                        "--runs-dir", str(tmp_path), "--dry-run", cwd=tmp_path)
+    td3_command, ppo_command = [line for line in result.stdout.splitlines() if line.startswith("new")]
+    assert td3_command.endswith("--no-progress-bar --update-threads 1") and "--update-threads" not in ppo_command, result.stdout
+    if len(os.sched_getaffinity(0)) >= 2:  # one run at a time on two cores or more: the scripts' default
+        result = run_script("benchmark.py", "--scripts", "td3_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--workers", "1",
+                            "--runs-dir", str(tmp_path), "--dry-run", cwd=tmp_path)
+        assert result.returncode == 0 and "--update-threads" not in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--scripts", "nope.py", "--env-ids", "Pendulum-v1"], "no such script"),
     (["--scripts", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--", "--seed", "3"], "--seed is set by benchmark.py"),
