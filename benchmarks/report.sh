@@ -27,6 +27,7 @@ plot --name exp_paper_settings_100k --match '^HalfCheetah-v4__(td3|ddpg)(__batch
 plot --name exp_paper_settings_300k --match '^HalfCheetah-v4__td3(__batch-size=100_hidden-sizes=400,300_learning-start-1015d28d)?__[1-3]$' --group-by batch_size
 plot --name exp_offpolicy_six_seeds --match '^HalfCheetah-v4__(td3|ddpg)__[1-6]$' --max-step 100000
 plot --name exp_paper_settings_six_seeds --match '^HalfCheetah-v4__td3(__batch-size=100_hidden-sizes=400,300_learning-start-1015d28d)?__[1-6]$' --max-step 100000 --group-by batch_size
+plot --name exp_paper_settings_nine_seeds --match '^HalfCheetah-v4__td3__batch-size=100_hidden-sizes=400,300_learning-start-1015d28d__[1-9]$' --max-step 100000
 plot --name exp_tianshou_steps --match '^HalfCheetah-v4__(td3|ddpg)__[1-6]$' --max-step 130000 --reference
 plot --name exp_two_halves --match '^HalfCheetah-v4__(sac|td3|ddpg)(__update-threads=2)?__[1-3]$' --max-step 100000 --group-by update_threads
 plot --name exp_td3_split_batch --match '^HalfCheetah-v4__td3__split-batch__[1-3]$' --max-step 100000
