@@ -6,7 +6,8 @@
 Arguments after `--` go to every run. Each run is its own process with one torch thread, in
 <runs-dir>/<env id>__<algo>[__<its arguments>]__<seed>, with its output in <runs-dir>/logs/<run>.log.
 The off-policy scripts update on two threads by default (--update-threads 2); where the runs at once leave a run
-fewer than two CPU cores (by default one run per core; on Ray one CPU per task), they get --update-threads 1,
+fewer than two CPU cores (the cores divided by the runs at once: --workers, or fewer if fewer runs are to do; on
+Ray one CPU per task), they get --update-threads 1,
 unless it is given after `--`: a second thread without a core of its own gains nothing (and costs TD3 time).
 Running the same command again is safe: finished runs are skipped, interrupted ones continue from their
 checkpoints/latest.pt (the scripts' --resume), and a larger --total-timesteps extends finished runs.
@@ -75,7 +76,7 @@ def option_value(extra: list[str], name: str) -> Optional[str]:
 
 
 def cores_per_run(workers: int, ray: bool) -> int:
-    """The CPU cores each run may use: this process's cores shared among the runs at once, or a Ray task's one CPU."""
+    """The CPU cores each run may use: this process's cores shared among `workers` runs at once, or a Ray task's one CPU."""
     if ray:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -360,8 +361,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--env-ids", nargs="+", required=True, help="gymnasium env ids")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
     p.add_argument("--runs-dir", default="runs", help="where the run directories go (shared storage with Ray)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at once on this machine (default: CPU cores; with fewer than two cores per run, "
-                   "off-policy runs get --update-threads 1)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at once on this machine (default: CPU cores; where the runs at once leave each "
+                   "fewer than two cores, off-policy runs get --update-threads 1)")
     p.add_argument("--ray-address", default=None, help="run on this Ray cluster (auto, host:port or ray://host:port)")
     p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each Ray task asks for (default 0)")
     p.add_argument("--refresh", type=float, default=None, help="seconds between progress updates (default: 2 on a terminal, 60 otherwise)")
@@ -392,16 +393,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     args, extra = parse(sys.argv[1:] if argv is None else argv)
     runs_dir = os.path.abspath(args.runs_dir)
     scripts = [os.path.abspath(s if os.path.isfile(s) else os.path.join(ROOT, s)) for s in args.scripts]
-    cores = cores_per_run(args.workers, ray=args.ray_address is not None)
     runs: dict[str, Run] = {}
-    for run in (Run(script, env_id, seed, run_arguments(script, extra, cores), runs_dir)
-                for script in dict.fromkeys(scripts) for env_id in dict.fromkeys(args.env_ids) for seed in args.seeds):
+    for run in (Run(script, env_id, seed, extra, runs_dir) for script in dict.fromkeys(scripts) for env_id in dict.fromkeys(args.env_ids) for seed in args.seeds):
         if run.name in runs:  # two scripts with one algo name (sac.py, x/sac_continuous.py) would share directories
             print(f"error: {runs[run.name].script} and {run.script} both give run {run.name}; rename one", file=sys.stderr)
             return 2
         runs[run.name] = run
     statuses = {name: run.status() for name, run in runs.items()}
     todo = [run for name, run in runs.items() if statuses[name] != "done"]
+    cores = cores_per_run(max(1, min(args.workers, len(todo))), ray=args.ray_address is not None)
+    for run in todo:  # the option is not part of a run's name
+        run.extra = run_arguments(run.script, extra, cores)
     counts = {s: list(statuses.values()).count(s) for s in ("done", "resume", "new", "stuck")}
     print(f"{len(runs)} runs in {runs_dir}: {counts['done']} finished already, {counts['resume']} to resume, {counts['new']} to start"
           + (f", {counts['stuck']} with a final.pt below the budget and no latest.pt" if counts["stuck"] else ""))

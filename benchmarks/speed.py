@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="skip the --compile configuration")
     parser.add_argument("--together", type=int, default=0, metavar="N",
-                        help="instead: N runs at once with --update-threads 1, then 2 (summed SPS; off-policy scripts)")
+                        help="instead of the configurations above: N runs at once with --update-threads 1, then 2 (summed SPS; off-policy scripts)")
     parser.add_argument("--also", nargs="+", default=[], metavar="SCRIPT",
                         help="other versions of the script to time the same way, eager float32, e.g. an older commit's: "
                              "git show HEAD~1:sac_continuous.py > /tmp/sac_before.py")
@@ -113,6 +113,8 @@ def main() -> None:
     if args.together:
         if args.algo not in ("sac", "td3", "ddpg"):
             parser.error("--together compares update threads: sac, td3 or ddpg")
+        if args.together < 1 or args.also:
+            parser.error("--together needs N >= 1 and times no other configuration (no --also)")
         baseline_name = f"{args.together} x {script} --update-threads 1"
         configs = {f"{args.together} x {script} --update-threads {threads}":
                    lambda seed, threads=threads: together(script, args.env_id, args.steps, args.learning_starts, seed,

@@ -71,18 +71,24 @@ def test_runs_with_fewer_than_two_cores_update_on_one_thread(tmp_path):
         assert benchmark.run_arguments(os.path.join(ROOT, script), ["--seed-x"], cores=1) == ["--seed-x", "--update-threads", "1"]
     assert benchmark.run_arguments(ppo, [], cores=1) == []  # no such option
     assert benchmark.run_arguments(td3, [], cores=2) == []  # two cores: the default, two threads
-    assert benchmark.run_arguments(td3, ["--update-threads=2"], cores=1) == ["--update-threads=2"]  # the user's own value
+    for own in (["--update-threads=2"], ["--update-threads", "2"]):  # the user's own value
+        assert benchmark.run_arguments(td3, own, cores=1) == own
+    cores = benchmark.cores_per_run(1, ray=False)
     assert benchmark.cores_per_run(workers=10**6, ray=False) == 1 and benchmark.cores_per_run(workers=1, ray=True) == 1
-    assert benchmark.cores_per_run(workers=1, ray=False) == len(os.sched_getaffinity(0))
-    # through the command line: one run per core (the default) leaves one core to each run
-    result = run_script("benchmark.py", "--scripts", "td3_continuous.py", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
-                        "--runs-dir", str(tmp_path), "--dry-run", cwd=tmp_path)
-    td3_command, ppo_command = [line for line in result.stdout.splitlines() if line.startswith("new")]
-    assert td3_command.endswith("--no-progress-bar --update-threads 1") and "--update-threads" not in ppo_command, result.stdout
-    if len(os.sched_getaffinity(0)) >= 2:  # one run at a time on two cores or more: the scripts' default
-        result = run_script("benchmark.py", "--scripts", "td3_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--workers", "1",
-                            "--runs-dir", str(tmp_path), "--dry-run", cwd=tmp_path)
-        assert result.returncode == 0 and "--update-threads" not in result.stdout, result.stdout
+
+    def dry_run(*argv):
+        result = run_script("benchmark.py", "--scripts", *argv, "--runs-dir", str(tmp_path), "--dry-run", cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return [line for line in result.stdout.splitlines() if line.startswith("new")]
+
+    # as many runs as cores (the default --workers): one core each; the option does not change the run's name
+    td3_command, ppo_command = dry_run("td3_continuous.py", "ppo_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--workers", str(cores))
+    assert td3_command.endswith("--update-threads 1") == (cores < 4) and "--update-threads" not in ppo_command
+    assert "--run-name Pendulum-v1__td3__1 " in td3_command
+    assert dry_run("td3_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "2", "--workers", "100000")[0].endswith("--update-threads 1")
+    assert dry_run("td3_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "--ray-address", "auto")[0].endswith("--update-threads 1")
+    if cores >= 2:  # a single run has every core, whatever --workers says: the scripts' default
+        assert "--update-threads" not in dry_run("td3_continuous.py", "--env-ids", "Pendulum-v1", "--seeds", "1")[0]
 
 
 @pytest.mark.parametrize("argv, message", [
