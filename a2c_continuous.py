@@ -226,12 +226,12 @@ class RewardScaler:
         self.returns[dones] = 0.0
         return np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -10.0, 10.0)
 
-    def state_dict(self) -> dict:
-        return {"rms": self.rms.state_dict(), "returns": torch.from_numpy(self.returns.copy())}
+    def state_dict(self) -> dict:  # not the per-env returns: a resumed run resets its envs, so its episodes start anew
+        return {"rms": self.rms.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # a checkpoint of an earlier version also holds "returns": not used
         self.rms.load_state_dict(state["rms"])
-        self.returns = state["returns"].numpy().copy()
+        self.returns = np.zeros_like(self.returns)
 
 
 # ALGO LOGIC: networks
@@ -569,7 +569,7 @@ def main() -> None:
     if obs_rms is not None:
         obs_rms.update(obs)  # every observation the envs return is counted once
     autoreset = np.zeros(args.num_envs, dtype=bool)
-    last_return = float("nan")
+    losses, last_return = None, float("nan")
     start_step, start_time = global_step, time.time()
     try:
         while global_step + batch_steps <= args.total_timesteps:  # whole rollouts only: at most total_timesteps steps
@@ -611,15 +611,16 @@ def main() -> None:
                                                   storage["dones"], args.gamma, args.gae_lambda)
             real_index = storage["real"].flatten().nonzero().squeeze(-1)
             flat = {key: storage[key].flatten(0, 1)[real_index] for key in ("obs", "actions", "logprobs", "values")}
-            losses = a2c_update(agent, optimizer, flat["obs"], flat["actions"], advantages.flatten()[real_index],
-                                returns.flatten()[real_index], flat["values"], args.norm_adv, args.ent_coef, args.vf_coef, args.max_grad_norm)
-            num_updates += 1
+            if len(real_index) > 0:  # a rollout of autoreset steps alone (a tiny --num-envs x --num-steps) has nothing to learn
+                losses = a2c_update(agent, optimizer, flat["obs"], flat["actions"], advantages.flatten()[real_index],
+                                    returns.flatten()[real_index], flat["values"], args.norm_adv, args.ent_coef, args.vf_coef, args.max_grad_norm)
+                num_updates += 1
 
             if crossed(global_step, args.log_every, batch_steps):
                 sps = int((global_step - start_step) / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-                for tag, value in losses.items():  # .item() syncs with the device: only here
+                for tag, value in (losses or {}).items():  # .item() syncs with the device: only here
                     writer.add_scalar(tag, value.item(), global_step)
                 progress.set_postfix(sps=sps, ret=f"{last_return:.1f}", refresh=False)
                 writer.flush()  # what a killed run logged is on disk up to here

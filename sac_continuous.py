@@ -819,7 +819,7 @@ def main() -> None:
                     writer.add_scalar("charts/episodic_return", last_return, global_step)
                     writer.add_scalar("charts/episodic_length", int(infos["episode"]["l"][i]), global_step)
 
-            # ALGO LOGIC: training, one gradient step per transition collected
+            # ALGO LOGIC: training, one gradient step per env step (an autoreset step, which stores nothing, included)
             if global_step >= args.learning_starts:
                 for _ in range(args.num_envs):
                     data = rb.sample(args.batch_size)

@@ -812,9 +812,9 @@ def main() -> None:
                     mu = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
                     unit_noise = ou_noise.sample() if ou_noise is not None else torch.randn_like(mu)
                     actions = explore(mu, unit_noise, actor.exploration_std, actor.action_low, actor.action_high).cpu().numpy()
+            if ou_noise is not None:  # an env that this step resets (next-step autoreset) starts its next episode's noise
+                ou_noise.reset(autoreset)  # process from zero: its first action's noise is one step from zero, as at the start
             next_obs, infos, autoreset = env_step(envs, rb, obs, actions, autoreset)
-            if ou_noise is not None:
-                ou_noise.reset(autoreset)  # a new episode starts a new noise process
             obs = next_obs
             global_step += args.num_envs
             progress.update(args.num_envs)
@@ -826,7 +826,7 @@ def main() -> None:
                     writer.add_scalar("charts/episodic_return", last_return, global_step)
                     writer.add_scalar("charts/episodic_length", int(infos["episode"]["l"][i]), global_step)
 
-            # ALGO LOGIC: training, one gradient step per transition collected
+            # ALGO LOGIC: training, one gradient step per env step (an autoreset step, which stores nothing, included)
             if global_step >= args.learning_starts:
                 for _ in range(args.num_envs):
                     data = rb.sample(args.batch_size)

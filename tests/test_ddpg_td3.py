@@ -109,6 +109,27 @@ def test_ou_noise_is_correlated_stationary_and_resets():
 
 
 @pytest.mark.parametrize("module", [ddpg, td3])
+def test_ou_noise_of_each_episode_starts_from_zero(module, tmp_path, monkeypatch):
+    """In the training loop, the OU process is at zero when it draws the noise of the first action of each episode,
+    not of the ignored action of the autoreset step (which would put the first real action two steps from zero)."""
+    zero_before = []
+
+    class Recording(module.OUNoise):
+        def sample(self):
+            zero_before.append(bool((self.state == 0).all()))
+            return super().sample()
+
+    monkeypatch.setattr(module, "OUNoise", Recording)
+    argv = ["--env-id", "Pendulum-v1", "--total-timesteps", 450, "--learning-starts", 100, "--noise-type", "ou",
+            "--eval-every", 0, "--eval-episodes", 1, "--runs-dir", tmp_path, "--run-name", "ou", *SMALL]
+    monkeypatch.setattr(sys, "argv", [module.__file__, *map(str, argv)])
+    module.main()
+    # Pendulum's episodes are 200 steps: steps 0-199 and 201-400 (0-based), step 200 and 401 are autoresets;
+    # the noise starts at step 100 (learning_starts), so its k-th draw is step 100 + k
+    assert [k for k, zero in enumerate(zero_before) if zero] == [0, 101, 302]
+
+
+@pytest.mark.parametrize("module", [ddpg, td3])
 def test_actor_update_raises_q(module):
     torch.manual_seed(0)
     actor = module.Actor(3, 2, [-1.0, -1.0], [1.0, 1.0], (32,))

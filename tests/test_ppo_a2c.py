@@ -1,4 +1,5 @@
 """ppo_continuous.py and a2c_continuous.py: GAE and normalisation against plain references, then the scripts as a user runs them."""
+import io
 import os
 import signal
 import time
@@ -105,6 +106,29 @@ def test_reward_scaler_uses_the_discounted_return():
     assert scaler.returns[0] == 0.0  # reset at the episode's end
 
 
+@pytest.mark.parametrize("module", [ppo, a2c])
+def test_a_resumed_reward_scaler_keeps_its_statistics_not_the_episodes_returns(module):
+    """--resume resets the envs: a killed episode's discounted return must not carry into the new episode's."""
+    scaler = module.RewardScaler(num_envs=2, gamma=0.9)
+    for reward in np.linspace(1.0, 5.0, 50):
+        scaler(np.array([reward, -reward]), np.array([False, False]), np.array([True, True]))
+    state = torch.load(_roundtrip(scaler.state_dict()), weights_only=True)
+    resumed = module.RewardScaler(num_envs=2, gamma=0.9)
+    resumed.load_state_dict({**state, "returns": torch.tensor([7.0, 7.0], dtype=torch.float64)})  # an earlier version's checkpoint
+    assert resumed.rms.var == pytest.approx(scaler.rms.var) and resumed.rms.count == scaler.rms.count
+    np.testing.assert_array_equal(resumed.returns, [0.0, 0.0])
+    first = resumed(np.array([2.0, 2.0]), np.array([False, False]), np.array([True, True]))
+    np.testing.assert_array_equal(resumed.returns, [2.0, 2.0])  # the new episodes' returns: their first reward alone
+    np.testing.assert_allclose(first, np.clip(2.0 / np.sqrt(resumed.rms.var + 1e-8), -10, 10))
+
+
+def _roundtrip(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 def test_agent_actions_respect_bounds_and_deterministic_is_the_mean():
     agent = ppo.Agent(3, 2, [-1.0, 0.0], [1.0, 5.0], (16,))
     obs = torch.randn(1000, 3)
@@ -136,6 +160,23 @@ def test_smoke(script, env_id, mode, tmp_path):
     ckpt = torch.load(tmp_path / "runs" / "smoke" / "checkpoints" / "final.pt", weights_only=True)
     assert ckpt["algo"] == script[:-3] and ckpt["global_step"] == 384
     assert ckpt["obs_rms"]["mean"].shape == (ckpt["policy_kwargs"]["obs_dim"],) and ckpt["obs_rms"]["count"] > 384
+
+
+@pytest.mark.parametrize("script, steps, minibatches", [("a2c_continuous.py", 1, []), ("ppo_continuous.py", 1, [1]),
+                                                         ("ppo_continuous.py", 4, [4])])
+def test_rollouts_short_of_real_transitions_update_nothing_and_log_no_nan(script, steps, minibatches, tmp_path):
+    """One env, tiny rollouts on Pendulum (200-step episodes): a rollout that is only the autoreset step has no
+    transition to learn from, and one whose autoreset step leaves fewer transitions than minibatches has none empty."""
+    extra = ["--num-minibatches", *minibatches, "--update-epochs", 1] if minibatches else []
+    result = run_script(script, "--env-id", "Pendulum-v1", "--num-envs", 1, "--num-steps", steps, *extra, "--total-timesteps", 412,
+                        "--log-every", 1, "--eval-every", 0, "--eval-episodes", 1, "--run-name", "short", "--no-progress-bar", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scalars = read_scalars(str(tmp_path / "runs" / "short"))
+    for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy"):
+        assert len(scalars[tag]) == 412 // steps and np.isfinite([v for _, v in scalars[tag]]).all(), tag
+    if steps == 1:  # step 201 (counted from 1) is the autoreset alone: no update, so the last update's losses again
+        values = dict(scalars["losses/value_loss"])
+        assert values[201] == values[200] and values[202] != values[201]
 
 
 @pytest.mark.parametrize("script, budget, extra", [("ppo_continuous.py", 100_000, []), ("a2c_continuous.py", 200_000, [])])
