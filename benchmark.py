@@ -151,13 +151,14 @@ def saved_total_timesteps(path: str) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["args"]["total_timesteps"])
 
 
-def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> int:
+def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = None, stop_file: Optional[str] = None) -> int:
     """Run one run to its end (here, or inside a Ray task) and return its exit status.
 
     A lock file keeps two benchmark processes from running the same run, and what to do (skip, resume or start)
     is decided again once the lock is held: another process may have finished the run since this one looked.
     A run with no checkpoint at all starts in an empty directory, so a killed first attempt leaves no half curve
-    behind in the plots.
+    behind in the plots. The run is stopped (SIGTERM: it saves latest.pt) when the Ray task is cancelled or, as Ray
+    can lose a cancellation, when `stop_file` exists.
     """
     import shutil
 
@@ -167,6 +168,8 @@ def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = N
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return BUSY
+        if stop_file is not None and os.path.exists(stop_file):  # stopped before it started
+            return -signal.SIGTERM
         status = run.status()
         if status == "done":
             return FINISHED_ELSEWHERE
@@ -192,15 +195,22 @@ def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = N
                 on_start(proc)
             try:
                 while proc.poll() is None:  # not proc.wait(): Ray's cancellation arrives only while Python code runs
+                    if stop_file is not None and os.path.exists(stop_file):
+                        break
                     time.sleep(0.5)
-                return proc.returncode
-            except KeyboardInterrupt:  # a cancelled Ray task: let the run checkpoint and stop
-                proc.send_signal(signal.SIGTERM)
-                while True:
-                    try:
-                        return proc.wait()
-                    except KeyboardInterrupt:  # the cancellation again (run_ray repeats it) while the run saves
-                        pass
+                else:
+                    return proc.returncode
+            except KeyboardInterrupt:  # a cancelled Ray task
+                pass
+            signalled = False  # let the run checkpoint and stop
+            while True:
+                try:
+                    if not signalled:
+                        proc.send_signal(signal.SIGTERM)
+                        signalled = True
+                    return proc.wait()
+                except KeyboardInterrupt:  # the cancellation again (run_ray repeats it) while the run saves
+                    pass
 
 
 def log_tail(path: str, lines: int = 15) -> str:
@@ -300,13 +310,17 @@ def run_local(todo: list[Run], workers: int, progress: Progress, stop: threading
 
 def run_ray(todo: list[Run], address: str, gpus_per_run: float, progress: Progress, stop: threading.Event, force: threading.Event,
             install_signal_handlers: Callable[[], None]) -> dict[str, int]:
+    if not todo:
+        return {}
     import ray
 
     ray.init(address=address, log_to_driver=False, configure_logging=False)
     install_signal_handlers()  # ray.init puts in its own SIGTERM handler, which would kill this process
     task = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)(execute)
     submitted = time.time()
-    refs = {task.remote(run): run for run in todo}
+    # on the shared storage: created to stop the runs, beside Ray's cancellation, which a task can miss
+    stop_file = os.path.join(os.path.dirname(todo[0].log_path), f".stop-{os.uname().nodename}-{os.getpid()}-{int(submitted)}")
+    refs = {task.remote(run, stop_file=stop_file): run for run in todo}
     for run in todo:
         progress.state[run.name] = "submitted"
     results: dict[str, int] = {}
@@ -314,9 +328,11 @@ def run_ray(todo: list[Run], address: str, gpus_per_run: float, progress: Progre
     try:
         while refs:
             level = "force" if force.is_set() else "stop" if stop.is_set() else None
-            # repeated every 10 s: Ray can lose a cancellation of a running task (seen once in CI, the run went on)
+            # repeated every 10 s: Ray can lose a cancellation of a running task (seen in CI, the run went on)
             if level is not None and (level != cancelled or time.time() - cancelled_at > 10):
                 cancelled, cancelled_at = level, time.time()
+                os.makedirs(os.path.dirname(stop_file), exist_ok=True)
+                open(stop_file, "a").close()
                 for ref in refs:  # KeyboardInterrupt in the task: the run saves latest.pt and stops; force: killed
                     ray.cancel(ref, force=level == "force")
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
@@ -336,6 +352,8 @@ def run_ray(todo: list[Run], address: str, gpus_per_run: float, progress: Progre
             progress.draw()
     finally:
         ray.shutdown()
+        if os.path.exists(stop_file):
+            os.remove(stop_file)
     return results
 
 

@@ -54,6 +54,32 @@ def test_a_run_is_checked_again_once_its_lock_is_held(tmp_path):
     assert "no latest.pt to extend it from" in (tmp_path / "logs" / f"{run.name}.log").read_text()
 
 
+def test_a_stop_file_stops_a_run_as_a_cancellation_does(tmp_path):
+    """Ray can lose the cancellation of a running task (a CI run waited on one for a minute): the task also stops its
+    run, which saves, when benchmark.py's stop file appears on the shared storage; a task started after it runs nothing."""
+    import threading
+
+    stop_file = tmp_path / "logs" / ".stop-test"
+    run = benchmark.Run(os.path.join(ROOT, "sac_continuous.py"), "Pendulum-v1", 1,
+                        ["--total-timesteps", "100000", "--learning-starts", "300", "--eval-every", "500", "--eval-episodes", "1",
+                         "--batch-size", "32", "--hidden-sizes", "32", "32"], str(tmp_path))
+    result = []
+    thread = threading.Thread(target=lambda: result.append(benchmark.execute(run, stop_file=str(stop_file))), daemon=True)
+    thread.start()
+    ckpt = tmp_path / run.name / "checkpoints"
+    deadline = time.time() + 120
+    while not (ckpt / "best.pt").exists():
+        assert thread.is_alive() and time.time() < deadline, result
+        time.sleep(0.2)
+    stop_file.touch()
+    thread.join(timeout=60)
+    assert result == [128 + signal.SIGTERM], result
+    assert "stopped by signal 15" in (tmp_path / "logs" / f"{run.name}.log").read_text()
+    assert torch.load(ckpt / "latest.pt", weights_only=True)["global_step"] >= 500
+    other = benchmark.Run(run.script, run.env_id, 2, run.extra, str(tmp_path))
+    assert benchmark.execute(other, stop_file=str(stop_file)) == -signal.SIGTERM and not os.path.exists(other.run_dir)
+
+
 def test_run_names_are_canonical_and_leave_out_the_budget():
     a = benchmark.experiment_slug(["--no-autotune", "--alpha", "0.2", "--total-timesteps", "300000", "--no-progress-bar"])
     b = benchmark.experiment_slug(["--alpha=0.2", "--eval-every", "5000", "--no-autotune"])
@@ -208,7 +234,13 @@ def test_ray_backend_on_a_local_cluster(tmp_path):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=60)[0]
+        try:
+            out = proc.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:  # say where it hung (a CI run once timed out here without a trace)
+            proc.kill()
+            log = tmp_path / "shared" / "logs" / f"{run_dir.name}.log"
+            pytest.fail(f"benchmark.py did not stop within 120 s:\n{proc.communicate()[0][-3000:]}\n"
+                        f"the run's log:\n{log.read_text()[-3000:] if log.exists() else '(none)'}")
         assert proc.returncode == 130 and summary_states(out) == {run_dir.name: "stopped"}, out
         assert "stopped by signal 15" in (tmp_path / "shared" / "logs" / f"{run_dir.name}.log").read_text()
         assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"] >= 500
