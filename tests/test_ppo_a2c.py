@@ -1,5 +1,4 @@
 """ppo_continuous.py and a2c_continuous.py: GAE and normalisation against plain references, then the scripts as a user runs them."""
-import io
 import os
 import signal
 import time
@@ -107,12 +106,13 @@ def test_reward_scaler_uses_the_discounted_return():
 
 
 @pytest.mark.parametrize("module", [ppo, a2c])
-def test_a_resumed_reward_scaler_keeps_its_statistics_not_the_episodes_returns(module):
+def test_a_resumed_reward_scaler_keeps_its_statistics_not_the_episodes_returns(module, tmp_path):
     """--resume resets the envs: a killed episode's discounted return must not carry into the new episode's."""
     scaler = module.RewardScaler(num_envs=2, gamma=0.9)
     for reward in np.linspace(1.0, 5.0, 50):
         scaler(np.array([reward, -reward]), np.array([False, False]), np.array([True, True]))
-    state = torch.load(_roundtrip(scaler.state_dict()), weights_only=True)
+    torch.save(scaler.state_dict(), tmp_path / "scaler.pt")
+    state = torch.load(tmp_path / "scaler.pt", weights_only=True)
     resumed = module.RewardScaler(num_envs=2, gamma=0.9)
     resumed.load_state_dict({**state, "returns": torch.tensor([7.0, 7.0], dtype=torch.float64)})  # an earlier version's checkpoint
     assert resumed.rms.var == pytest.approx(scaler.rms.var) and resumed.rms.count == scaler.rms.count
@@ -120,13 +120,6 @@ def test_a_resumed_reward_scaler_keeps_its_statistics_not_the_episodes_returns(m
     first = resumed(np.array([2.0, 2.0]), np.array([False, False]), np.array([True, True]))
     np.testing.assert_array_equal(resumed.returns, [2.0, 2.0])  # the new episodes' returns: their first reward alone
     np.testing.assert_allclose(first, np.clip(2.0 / np.sqrt(resumed.rms.var + 1e-8), -10, 10))
-
-
-def _roundtrip(state):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return buffer
 
 
 def test_agent_actions_respect_bounds_and_deterministic_is_the_mean():
