@@ -10,6 +10,7 @@ plot() { python plot.py "$RUNS" --out docs "$@" > /dev/null; }
 plot --name offpolicy_halfcheetah_100k --match '^HalfCheetah-v4__(sac|td3|ddpg)__[1-3]$' --max-step 100000 --reference
 plot --name offpolicy_halfcheetah_300k --match '^HalfCheetah-v4__(sac|td3|ddpg)__[1-3]$' --reference
 plot --name offpolicy_hopper_100k --match '^Hopper-v4__(sac|td3|ddpg)__[1-3]$' --max-step 100000 --reference
+plot --name offpolicy_walker2d_100k --match '^Walker2d-v4__(sac|td3|ddpg)__[12]$' --max-step 100000 --reference
 plot --name onpolicy_1m --match '^(HalfCheetah|Hopper|Walker2d)-v4__(ppo|a2c)__[0-9]+$' --reference --assume log-std-init=0.0
 
 # experiments
