@@ -1,6 +1,6 @@
 """Deep Deterministic Policy Gradient for continuous actions (Lillicrap et al. 2015, arXiv:1509.02971)."""
+
 import contextlib
-import copy
 import ctypes.util
 import difflib
 import math
@@ -9,231 +9,88 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Literal, Optional
 
 import gymnasium as gym
+import imageio.v2 as imageio
 import numpy as np
 import torch
 import torch.nn as nn
 import tyro
 
 ALGO = os.path.basename(__file__)[: -len(".py")]
-FORMAT_VERSION = 1
 
 
 @dataclass
 class Args:
     # ---- common to every script: same fields, same order ----
-    exp_name: str = ALGO
-    """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of Python, NumPy, torch, the envs and their action spaces"""
-    torch_deterministic: bool = True
-    """make torch pick deterministic algorithms (two CPU runs with the same seed log identical curves)"""
-    cuda: bool = True
-    """train on CUDA when it is available"""
-    torch_threads: int = 1
-    """torch intra-op threads on the CPU; 1 is fastest for 256-wide networks"""
-    compile: bool = False
-    """put the update step through torch.compile"""
-    cudagraphs: bool = False
-    """capture the update step in CUDA graphs (torch.compile mode reduce-overhead; needs CUDA)"""
-    track: bool = False
-    """log to Weights & Biases (the TensorBoard logs are synced)"""
-    wandb_project_name: str = "continuous-control"
-    """the wandb project"""
-    wandb_entity: Optional[str] = None
-    """the wandb entity (team or user)"""
-    capture_video: bool = False
-    """write an mp4 of the first episode of every evaluation to runs/<run>/videos"""
-    env_id: str = "HalfCheetah-v4"
-    """the gymnasium environment id"""
-    total_timesteps: int = 1_000_000
-    """total environment steps, summed over the vector envs"""
-    num_envs: int = 1
-    """parallel environments"""
-    runs_dir: str = "runs"
-    """directory that holds the run directories"""
-    run_name: Optional[str] = None
-    """name of the run directory (default: <env_id>__<exp_name>__<seed>__<unix time>)"""
-    log_every: int = 1_000
-    """log losses and SPS every this many environment steps"""
-    eval_every: int = 10_000
-    """evaluate the deterministic policy every this many environment steps (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    checkpoint_every: int = 25_000
-    """write checkpoints/latest.pt every this many environment steps"""
-    resume: Optional[str] = None
-    """continue the run of this checkpoint (its own arguments are used; total-timesteps and the device flags may be changed)"""
-    progress_bar: bool = True
-    """show a tqdm progress bar"""
+    exp_name: str = ALGO  # the name of this experiment (part of the run name)
+    seed: int = 1  # seed of Python, NumPy, torch, the envs and their action spaces
+    torch_deterministic: bool = True  # deterministic torch algorithms (two CPU runs with one seed log the same curves)
+    cuda: bool = True  # train on CUDA when it is available
+    torch_threads: int = 1  # torch intra-op threads on the CPU; 1 is fastest for 256-wide networks
+    track: bool = False  # log to Weights & Biases (the TensorBoard logs are synced)
+    wandb_project_name: str = "continuous-control"  # the wandb project
+    wandb_entity: Optional[str] = None  # the wandb entity (team or user)
+    capture_video: bool = False  # write an mp4 of the first episode of every evaluation to runs/<run>/videos
+    env_id: str = "HalfCheetah-v4"  # the gymnasium environment id (with shimmy: dm_control/<domain>-<task>-v0)
+    total_timesteps: int = 1_000_000  # total environment steps, summed over the vector envs
+    num_envs: int = 1  # parallel environments
+    runs_dir: str = "runs"  # directory that holds the run directories
+    run_name: Optional[str] = None  # name of the run directory (default: <env_id>__<exp_name>__<seed>__<unix time>)
+    log_every: int = 1_000  # log losses and SPS every this many environment steps
+    eval_every: int = 10_000  # evaluate the deterministic policy every this many environment steps (0: only at the end)
+    eval_episodes: int = 10  # episodes per evaluation
+    checkpoint_every: int = 25_000  # write checkpoints/latest.pt every this many environment steps
+    resume: Optional[str] = None  # continue the run of this checkpoint, with its own arguments (README: resuming)
+    progress_bar: bool = True  # show a progress bar (plain lines when the output is not a terminal)
+
+    # ---- off-policy ----
+    compile: bool = False  # put the loss functions through torch.compile
+    cudagraphs: bool = False  # also capture them in CUDA graphs (torch.compile mode reduce-overhead; needs CUDA)
+    save_buffer: bool = True  # save the replay buffer beside latest.pt, so --resume continues with it
+    buffer_size: int = 1_000_000  # replay buffer capacity (transitions)
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # target network smoothing coefficient (polyak)
+    batch_size: int = 256  # minibatch size of each gradient step
+    learning_starts: int = 25_000  # environment steps of uniformly random actions before learning starts
+    policy_lr: float = 1e-3  # learning rate of the actor
+    q_lr: float = 1e-3  # learning rate of the critic
+    hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the actor and of the critic
 
     # ---- DDPG ----
-    precision: Literal["float32", "bfloat16"] = "float32"
-    """bfloat16: the hidden-to-hidden matrix products of the updates in bfloat16 (weights, optimizer, input and output
-    layers, losses, acting and evaluation stay float32): about 1.3x faster updates on a CPU with AVX-512 BF16 or AMX,
-    slower on others; it cost SAC some return on HalfCheetah (README, Speed)"""
-    update_threads: int = 2
-    """CPU threads per update (1 or 2): with 2 the actor's half of each update runs beside the critics' on a second
-    core (the same result bit for bit, about 1.5x faster updates), and an update without one (TD3's every other)
-    splits the critics' batch between the cores (equal up to rounding); CUDA and --compile use 1"""
-    save_buffer: bool = True
-    """save the replay buffer beside latest.pt, so --resume continues with it"""
-    buffer_size: int = 1_000_000
-    """replay buffer capacity (transitions)"""
-    gamma: float = 0.99
-    """discount factor"""
-    tau: float = 0.005
-    """target network smoothing coefficient (polyak)"""
-    batch_size: int = 256
-    """minibatch size of each gradient step"""
-    learning_starts: int = 25_000
-    """environment steps of uniformly random actions before learning starts"""
-    policy_lr: float = 1e-3
-    """learning rate of the actor"""
-    q_lr: float = 1e-3
-    """learning rate of the critic"""
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """hidden layer widths of the actor and of the critic"""
-    noise_type: Literal["gaussian", "ou"] = "gaussian"
-    """exploration noise: independent Gaussian, or Ornstein-Uhlenbeck (temporally correlated)"""
-    exploration_noise: float = 0.1
-    """standard deviation of the exploration noise, as a fraction of each action dimension's half-range"""
-    policy_frequency: int = 1
-    """update the actor and the target networks once every this many critic updates (1: DDPG as published; 2 delays them as TD3 does)"""
+    noise_type: Literal["gaussian", "ou"] = "gaussian"  # exploration noise: Gaussian, or Ornstein-Uhlenbeck
+    exploration_noise: float = 0.1  # std of the exploration noise, a fraction of each action dimension's half-range
+    policy_frequency: int = 1  # update the actor and the targets every this many critic updates (2: TD3's delay)
 
 
-class ArgError(ValueError):
-    """Bad input: reported as one line, exit code 2, before any work."""
-
-
-def check_common_args(args: Args) -> None:
-    positive = ("torch_threads", "total_timesteps", "num_envs", "log_every", "eval_episodes", "checkpoint_every")
-    for name in positive:
-        if getattr(args, name) <= 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.eval_every < 0:
-        raise ArgError(f"--eval-every must be >= 0, got {args.eval_every}")
-    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
-        raise ArgError("--cudagraphs needs CUDA (and not --no-cuda)")
-    if ":" not in args.env_id and args.env_id not in gym.registry:
-        close = difflib.get_close_matches(args.env_id, list(gym.registry), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ArgError(f"unknown env id {args.env_id!r}{hint}")
-
-
-def check_args(args: Args) -> None:
-    """Hyperparameters that cannot work, caught before any environment is built."""
-    check_common_args(args)
-    for name in ("buffer_size", "batch_size", "policy_lr", "q_lr", "tau", "policy_frequency"):
-        if not getattr(args, name) > 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("exploration_noise",):
-        if getattr(args, name) < 0:
-            raise ArgError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.update_threads not in (1, 2):
-        raise ArgError(f"--update-threads must be 1 or 2, got {args.update_threads}")
-    if any(h <= 0 for h in args.hidden_sizes) or not args.hidden_sizes:
-        raise ArgError(f"--hidden-sizes must be positive widths, got {args.hidden_sizes}")
-    if args.tau > 1:
-        raise ArgError(f"--tau must be in (0, 1], got {args.tau}")
-    if not 0 <= args.gamma <= 1:
-        raise ArgError(f"--gamma must be in [0, 1], got {args.gamma}")
+def check_args(args: Args) -> None:  # hyperparameters that cannot work, caught before any environment is built
+    positive = ("buffer_size", "batch_size", "policy_lr", "q_lr", "tau", "hidden_sizes", "policy_frequency")
+    check_ranges(args, positive, unit_interval=("tau", "gamma"), non_negative=("exploration_noise",))
     if args.batch_size > args.buffer_size:
         raise ArgError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
     if not 0 <= args.learning_starts < args.total_timesteps:
-        raise ArgError(f"--learning-starts {args.learning_starts} must be in [0, --total-timesteps {args.total_timesteps})")
-
-
-def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (x86: AVX-512 BF16 or AMX; Arm: BF16); elsewhere torch emulates it,
-    slower than float32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
-    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
-        raise ArgError(f"{env_id}: observation space {observation_space} is not a flat Box")
-    if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
-        raise ArgError(f"{env_id}: action space {action_space} is not a Box; {ALGO} needs continuous actions")
-    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-        raise ArgError(f"{env_id}: action space {action_space} is unbounded; {ALGO} needs finite bounds")
-
-
-def configure_headless_rendering() -> None:
-    """With no display: MuJoCo renders through EGL if present, else OSMesa (read when mujoco is first imported);
-    pygame (classic-control envs) draws offscreen."""
-    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
-        return
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    if not os.environ.get("MUJOCO_GL"):
-        os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "osmesa"
-        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
-
-def make_env(env_id: str, seed: int, render_mode: Optional[str] = None) -> Callable[[], gym.Env]:
-    def thunk() -> gym.Env:
-        if multiprocessing.parent_process() is not None:  # an async worker: Ctrl-C is the main process's to handle
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        env = gym.make(env_id, render_mode=render_mode)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        env.action_space.seed(seed)
-        return env
-
-    return thunk
-
-
-def crossed(step: int, every: int, stride: int) -> bool:
-    """True when the last `stride` steps passed a multiple of `every` (works when stride does not divide every)."""
-    return every > 0 and step // every > (step - stride) // every
+        raise ArgError(f"--learning-starts must be in [0, --total-timesteps), got {args.learning_starts}")
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise ArgError("--cudagraphs needs CUDA (and not --no-cuda)")
 
 
 # ALGO LOGIC: networks
-class Float32Linear(nn.Linear):
-    """nn.Linear that computes in float32 even inside a bfloat16 autocast (--precision bfloat16): the input layers,
-    which see the raw observations and actions, and the output layers, which give Q values and actions."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with float32_region(x.device.type):
-            return super().forward(x.float())
-
-
-def float32_region(device_type: str):
-    """Where an autocast is on, a region that computes in float32; else nothing to switch off (entering an autocast
-    context costs a few microseconds, a dozen times per update)."""
-    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else contextlib.nullcontext()
-
-
-def mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
-    """Linear-ReLU layers; the first in float32 (Float32Linear), the hidden-to-hidden ones in the autocast's precision."""
-    layers: list[nn.Module] = []
-    for width in hidden_sizes:
-        layers += [(nn.Linear if layers else Float32Linear)(in_dim, width), nn.ReLU()]
-        in_dim = width
-    return nn.Sequential(*layers)
+def mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:  # Linear-ReLU layers
+    dims = [in_dim, *hidden_sizes]
+    return nn.Sequential(*[layer for i, o in zip(dims, dims[1:]) for layer in (nn.Linear(i, o), nn.ReLU())])
 
 
 class Actor(nn.Module):
-    """Deterministic policy mu(s) = bias + scale * tanh(net(s)): obs (B, obs_dim) -> action (B, act_dim) inside [action_low, action_high]."""
+    """Deterministic policy mu(s) = bias + scale * tanh(net(s)): (B, obs_dim) -> (B, act_dim), inside the bounds."""
 
-    def __init__(self, obs_dim: int, act_dim: int, action_low: list, action_high: list, hidden_sizes: tuple[int, ...] = (256, 256),
-                 exploration_noise: float = 0.1):
+    def __init__(self, obs_dim, act_dim, action_low, action_high, hidden_sizes=(256, 256), exploration_noise=0.1):
         super().__init__()
-        self.net = nn.Sequential(mlp(obs_dim, tuple(hidden_sizes)), Float32Linear(hidden_sizes[-1], act_dim))
-        low = torch.as_tensor(action_low, dtype=torch.float32)
-        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.net = nn.Sequential(mlp(obs_dim, tuple(hidden_sizes)), nn.Linear(hidden_sizes[-1], act_dim))
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
         # buffers: they follow .to(device) and are saved in the state_dict, per dimension (asymmetric bounds too)
         self.register_buffer("action_scale", (high - low) / 2.0)
         self.register_buffer("action_bias", (high + low) / 2.0)
@@ -245,29 +102,24 @@ class Actor(nn.Module):
         return self.action_bias + self.action_scale * torch.tanh(self.net(obs))
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """The common policy contract: deterministic is mu(s); else mu(s) plus Gaussian exploration noise, clipped to the bounds."""
-        if deterministic:
-            return self(obs)
+    def act(self, obs: torch.Tensor, deterministic: bool = False, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """deterministic: mu(s); else mu(s) + exploration_std * noise (N(0, 1) unless given), clipped to the bounds."""
         mu = self(obs)
-        return explore(mu, torch.randn_like(mu), self.exploration_std, self.action_low, self.action_high)
-
-
-def explore(mu: torch.Tensor, unit_noise: torch.Tensor, noise_std: torch.Tensor, action_low: torch.Tensor, action_high: torch.Tensor) -> torch.Tensor:
-    """Behaviour action: mu + noise_std * unit_noise (per dimension), clipped to the action bounds."""
-    return torch.clamp(mu + noise_std * unit_noise, action_low, action_high)
+        if deterministic:
+            return mu
+        noise = torch.randn_like(mu) if noise is None else noise
+        return torch.clamp(mu + self.exploration_std * noise, self.action_low, self.action_high)
 
 
 class OUNoise:
-    """Ornstein-Uhlenbeck process per env and dimension (Lillicrap et al. 2015: theta 0.15, unit variance in
-    the stationary limit here, scaled by exploration_std outside): x <- x - theta x dt + sqrt(2 theta dt) N(0, 1)."""
+    """Ornstein-Uhlenbeck process per env and dimension (Lillicrap et al. 2015: theta 0.15, dt 1; unit variance in the
+    stationary limit here, scaled by exploration_std outside): x <- x - theta x + sqrt(2 theta) N(0, 1)."""
 
-    def __init__(self, num_envs: int, act_dim: int, device: torch.device, theta: float = 0.15, dt: float = 1.0):
-        self.theta, self.dt = theta, dt
-        self.state = torch.zeros(num_envs, act_dim, device=device)
+    def __init__(self, num_envs: int, act_dim: int, device: torch.device, theta: float = 0.15):
+        self.theta, self.state = theta, torch.zeros(num_envs, act_dim, device=device)
 
     def sample(self) -> torch.Tensor:
-        self.state += -self.theta * self.state * self.dt + math.sqrt(2 * self.theta * self.dt) * torch.randn_like(self.state)
+        self.state += -self.theta * self.state + math.sqrt(2 * self.theta) * torch.randn_like(self.state)
         return self.state
 
     def reset(self, done: np.ndarray) -> None:
@@ -275,9 +127,9 @@ class OUNoise:
 
 
 class QEnsemble(nn.Module):
-    """`num_q` independent Q(s, a) MLPs evaluated as one batched network (baddbmm): returns (num_q, B)."""
+    """`num_q` independent Q(s, a) MLPs evaluated as one batched network (LeanRL's ensemble): returns (num_q, B)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (256, 256), num_q: int = 2):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes=(256, 256), num_q: int = 2):
         super().__init__()
         dims = [obs_dim + act_dim, *hidden_sizes, 1]
         self.weights = nn.ParameterList([nn.Parameter(torch.empty(num_q, i, o)) for i, o in zip(dims[:-1], dims[1:])])
@@ -287,26 +139,16 @@ class QEnsemble(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
             nn.init.uniform_(bias, -bound, bound)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False, members: Optional[int] = None) -> torch.Tensor:
-        """detach_params: gradients reach the actions but not the weights (the actor's loss).
-        members: evaluate only the first `members` critics, (members, B) (TD3's and DDPG's actor loss uses the first)."""
-        last = len(self.weights) - 1
-        x = torch.cat([obs, actions], -1).unsqueeze(0).expand(members or len(self.weights[0]), -1, -1)
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """detach_params: gradients reach the actions but not the weights (the actor's loss: no critic gradient)."""
+        x = torch.cat([obs, actions], -1).unsqueeze(0).expand(len(self.weights[0]), -1, -1)
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            if members is not None:
-                weight, bias = weight[:members], bias[:members]
             if detach_params:
                 weight, bias = weight.detach(), bias.detach()
-            if 0 < i < last:  # hidden to hidden: in the autocast's precision
-                x = torch.baddbmm(bias, x, weight)
-            else:  # the input and output layers in float32, as Float32Linear: bfloat16 would round the observations
-                with float32_region(x.device.type):  # and actions to 3 digits, a Q value near 1000 by 2
-                    if i < last:
-                        x = torch.baddbmm(bias, x.float(), weight)
-                    else:  # one output column: multiply and sum, (num_q, B); on the CPU baddbmm takes 4-5x longer here
-                        x = (x.float() * weight.transpose(1, 2)).sum(-1) + bias.squeeze(-1)
-            if i < last:
-                x = x.relu_()  # in place: baddbmm's backward does not need its output
+            if i < len(self.weights) - 1:
+                x = torch.baddbmm(bias, x, weight).relu_()
+            else:  # one output column: multiply and sum, (num_q, B); on the CPU baddbmm takes 4-5x longer here
+                x = (x * weight.transpose(1, 2)).sum(-1) + bias.squeeze(-1)
         return x
 
 
@@ -314,203 +156,258 @@ class QEnsemble(nn.Module):
 class ReplayBuffer:
     """Transitions in preallocated float32 tensors on the training device; uniform sampling with replacement."""
 
-    keys = ("obs", "actions", "rewards", "next_obs", "terminations")
-
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.device, self.pos, self.size = capacity, device, 0, 0
-        shapes = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_obs": (obs_dim,), "terminations": ()}
-        self.data = {key: torch.zeros((capacity, *shapes[key]), dtype=torch.float32, device=device) for key in self.keys}
+        shapes = dict(obs=(obs_dim,), actions=(act_dim,), rewards=(), next_obs=(obs_dim,), terminations=())
+        self.data = {key: torch.zeros((capacity, *shape), device=device) for key, shape in shapes.items()}
 
     def add(self, obs, actions, rewards, next_obs, terminations) -> None:
         """Store n transitions (arrays with a leading dimension n); `terminations` is 1 only where the MDP ended."""
-        n = len(obs)
-        if n == 0:
-            return
-        index = torch.as_tensor((self.pos + np.arange(n)) % self.capacity, device=self.device)
-        for key, value in zip(self.keys, (obs, actions, rewards, next_obs, terminations)):
+        index = torch.as_tensor((self.pos + np.arange(len(obs))) % self.capacity, device=self.device)
+        for key, value in zip(self.data, (obs, actions, rewards, next_obs, terminations)):
             self.data[key][index] = torch.as_tensor(np.asarray(value), dtype=torch.float32, device=self.device)
-        self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
+        self.pos = (self.pos + len(obs)) % self.capacity
+        self.size = min(self.size + len(obs), self.capacity)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         index = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return tuple(self.data[key].index_select(0, index) for key in self.keys)  # index_select: 3x faster than [index] on the CPU
+        return tuple(value.index_select(0, index) for value in self.data.values())  # 3x faster than [index] on the CPU
 
     def state_dict(self) -> dict:
-        return {"pos": self.pos, "size": self.size, "capacity": self.capacity, **{k: v[: self.size].clone().cpu() for k, v in self.data.items()}}
+        return {"pos": self.pos, "size": self.size, **{k: v[: self.size].clone().cpu() for k, v in self.data.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["capacity"] != self.capacity:
-            raise ArgError(f"the saved replay buffer holds {state['capacity']} transitions, --buffer-size is {self.capacity}")
         self.pos, self.size = state["pos"], state["size"]
-        for key in self.keys:
-            self.data[key][: self.size] = state[key].to(self.device)
+        for key, value in self.data.items():
+            value[: self.size] = state[key].to(self.device)
 
 
-def env_step(envs: gym.vector.VectorEnv, rb: ReplayBuffer, obs: np.ndarray, actions: np.ndarray, autoreset: np.ndarray):
-    """Step the vector env and store the real transitions. gymnasium >= 1.0 autoresets on the *next* step: an
-    env whose episode ended on the previous call is reset by this one, ignores its action and returns the first
-    observation of a new episode, so that step is not a transition and is not stored. A truncated episode's
-    last observation is the true final one: it is stored with termination 0, so the target bootstraps from it."""
-    next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-    real = ~autoreset
-    rb.add(obs[real], actions[real], rewards[real], next_obs[real], terminations[real])
-    return next_obs, infos, np.logical_or(terminations, truncations)
-
-
-# ALGO LOGIC: updates (pure functions: every input is an argument, outputs are tensors; torch.compile wraps them).
-# Each returns the loss to differentiate and detached metrics; Updater differentiates and steps the optimizers.
-def td_target(rewards, terminations, next_q, gamma: float) -> torch.Tensor:
-    """r + gamma * (1 - terminated) * Q'(s', mu'(s')) (Lillicrap et al. 2015, algorithm 1)."""
-    return rewards + gamma * (1.0 - terminations) * next_q
-
-
-def critic_loss(obs, actions, rewards, next_obs, terminations, actor_target: Actor, qf: QEnsemble, qf_target: QEnsemble,
-                gamma: float):
+# ALGO LOGIC: losses (pure functions: tensors and networks in, losses out; --compile wraps them)
+def critic_loss(actor_target, qf, qf_target, gamma, obs, actions, rewards, next_obs, dones):
+    """The critic's MSE to the target r + gamma (1 - terminated) Q'(s', mu'(s')) (Lillicrap et al. 2015, algorithm 1),
+    which bootstraps through truncations."""
     with torch.no_grad():
-        next_q_value = td_target(rewards, terminations, qf_target(next_obs, actor_target(next_obs))[0], gamma)
+        next_q_value = rewards + gamma * (1.0 - dones) * qf_target(next_obs, actor_target(next_obs))[0]
     qf_values = qf(obs, actions)
-    qf_loss = (qf_values - next_q_value).pow(2).mean(1).sum()  # one critic: its MSE
-    return qf_loss, (qf_loss.detach(), qf_values.detach().mean())
+    return (qf_values - next_q_value).pow(2).mean(1).sum(), qf_values.detach().mean()
 
 
-def actor_loss(obs, actor: Actor, qf: QEnsemble):
+def actor_loss(actor: Actor, qf: QEnsemble, obs) -> torch.Tensor:
     """Deterministic policy gradient: maximise Q(s, mu(s)) (Silver et al. 2014; Lillicrap et al. 2015, eq. 6)."""
-    policy_loss = -qf(obs, actor(obs), detach_params=True, members=1)[0].mean()
-    return policy_loss, (policy_loss.detach(),)
+    return -qf(obs, actor(obs), detach_params=True)[0].mean()
 
 
-def cloned_outputs(fn: Callable) -> Callable:
-    def wrapper(*args):
-        loss, metrics = fn(*args)
-        return loss, tuple(t.clone() for t in metrics)
+def main() -> None:
+    args, checkpoint = parse_args(Args, check_args)
+    envs, eval_env, device = setup(args)
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
-    return wrapper
+    # ALGO LOGIC: networks and optimizers
+    low, high = envs.single_action_space.low.tolist(), envs.single_action_space.high.tolist()
+    policy_kwargs = dict(obs_dim=obs_dim, act_dim=act_dim, action_low=low, action_high=high)
+    policy_kwargs.update(hidden_sizes=list(args.hidden_sizes), exploration_noise=args.exploration_noise)
+    actor, actor_target = Actor(**policy_kwargs).to(device), Actor(**policy_kwargs).to(device)
+    actor_target.load_state_dict(actor.state_dict())
+    qf = QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=1).to(device)  # one critic
+    qf_target = QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=1).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    adam = {"fused": True, "capturable": args.cudagraphs}  # fused: one kernel per step; capturable: for CUDA graphs
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, **adam)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, **adam)
+    ou_noise = OUNoise(args.num_envs, act_dim, device) if args.noise_type == "ou" else None
+    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
+    critic_loss_fn, actor_loss_fn = critic_loss, actor_loss
+    if args.compile or args.cudagraphs:  # the GPU path (LeanRL): fused kernels, and with CUDA graphs few launches
+        mode = "reduce-overhead" if args.cudagraphs else None
+        critic_loss_fn, actor_loss_fn = torch.compile(critic_loss, mode=mode), torch.compile(actor_loss, mode=mode)
 
+    # what --resume restores besides the policy, the replay buffer and the step counters
+    resume_objects = dict(qf=qf, qf_target=qf_target, q_optimizer=q_optimizer, actor_optimizer=actor_optimizer)
+    resume_objects.update(actor_target=actor_target)
+    run = Run(args, checkpoint, envs, eval_env, device, actor, policy_kwargs, resume_objects, buffer=rb)
+    obs, _ = envs.reset(seed=args.seed + run.global_step)
+    autoreset = np.zeros(args.num_envs, dtype=bool)
+    losses = {}
+    with run:
+        while run.global_step < args.total_timesteps:
+            # ALGO LOGIC: act (uniformly random before learning starts, then mu(s) plus exploration noise), step, store
+            if run.global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                noise = ou_noise.sample() if ou_noise is not None else None  # None: Gaussian
+                actions = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device), noise=noise).cpu().numpy()
+            if ou_noise is not None:  # an env this step resets (next-step autoreset) starts its next episode's process
+                ou_noise.reset(autoreset)  # from zero: its first action's noise is one step from zero, as at the start
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            # gymnasium >= 1.0 autoresets on the *next* step (it returns a new episode's first observation): not stored.
+            # A truncated episode's next_obs is its true last one, stored with termination 0: the target bootstraps.
+            real = ~autoreset
+            rb.add(obs[real], actions[real], rewards[real], next_obs[real], terminations[real])
+            obs, autoreset = next_obs, np.logical_or(terminations, truncations)
+            run.count_steps(args.num_envs, infos)
 
-@torch.no_grad()
-def polyak_update(target_params: list[torch.Tensor], params: list[torch.Tensor], tau: float) -> None:
-    """target <- (1 - tau) target + tau params, as one fused op over all tensors."""
-    torch._foreach_lerp_(target_params, params, tau)
+            # ALGO LOGIC: one critic step per environment step (Lillicrap et al. 2015, algorithm 1)
+            for _ in range(args.num_envs if run.global_step >= args.learning_starts else 0):
+                data = rb.sample(args.batch_size)
+                qf_loss, qf_values = critic_loss_fn(actor_target, qf, qf_target, args.gamma, *data)
+                q_optimizer.zero_grad()
+                qf_loss.backward()
+                q_optimizer.step()
+                losses.update(qf_loss=qf_loss, qf_values=qf_values)
+                run.num_updates += 1
+                if run.num_updates % args.policy_frequency == 0:  # every update by default; delayed as TD3's with 2
+                    # the actor's loss goes through the critics just updated
+                    policy_loss = actor_loss_fn(actor, qf, data[0])
+                    actor_optimizer.zero_grad()
+                    policy_loss.backward()
+                    actor_optimizer.step()
+                    losses["actor_loss"] = policy_loss.detach().clone()  # a copy outlives CUDA graphs' reused memory
+                    with torch.no_grad():  # polyak: target <- (1 - tau) target + tau online, one fused op per network
+                        torch._foreach_lerp_(list(actor_target.parameters()), list(actor.parameters()), args.tau)
+                        torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
 
-
-def frozen(module: nn.Module, trainable: bool = False) -> nn.Module:
-    """A copy of `module` whose parameters share its memory (they follow its optimizer steps and load_state_dict) but
-    are tensors of their own: what one thread of an Updater reads of a network that another thread trains. Each thread
-    must use tensors of its own: torch's autograd bookkeeping of one tensor is not safe to share between threads (a
-    thread that records a gradient edge to a parameter while another indexes it can deadlock on the GIL).
-    trainable: the copy's parameters take gradients of their own (in their .grad), as the module's do."""
-    view = copy.deepcopy(module)
-    for name, param in module.named_parameters():
-        owner, _, leaf = name.rpartition(".")
-        setattr(view.get_submodule(owner), leaf, nn.Parameter(param.detach(), requires_grad=trainable and param.requires_grad))
-    for name, buffer in module.named_buffers():  # the action bounds
-        owner, _, leaf = name.rpartition(".")
-        setattr(view.get_submodule(owner), leaf, buffer.detach())
-    return view
-
-
-class Updater:
-    """One update of the critics and, when one is due, of the actor, both from the parameters as they were before it:
-    each half computes its loss and gradient first, then both step their optimizers (a simultaneous update; the
-    actor's gradient goes through the critics of before their step). With threads=2 the actor's half runs on a
-    second thread while this one runs the critics' (torch releases the GIL inside its operations); an update without
-    an actor half (TD3's every other one) splits the critics' batch between the two threads instead and adds their
-    gradients. On one thread everything runs one after the other: the same result bit for bit, except that a split
-    batch sums its gradient in another order (equal up to rounding). Only this thread draws random numbers: what the
-    critics' loss needs is in its batch."""
-
-    def __init__(self, threads: int, autocast: Callable):
-        self.autocast = autocast  # autocast is per thread: each half enters it
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="update") if threads > 1 else None
-        self.barrier = threading.Barrier(2)
-        self.replicas: dict[tuple, tuple] = {}  # the critics' networks as the second thread reads them, for a split batch
-
-    def gradient(self, loss_fn: Callable, optimizers: list) -> tuple:
-        with self.autocast():
-            loss, metrics = loss_fn()
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        return metrics
-
-    def half(self, loss_fn: Callable, optimizers: list) -> tuple:
-        """On its thread: the gradient, wait until the other half has its own (it reads these parameters), step."""
-        try:
-            metrics = self.gradient(loss_fn, optimizers)
-            self.barrier.wait()
-        except BaseException:
-            self.barrier.abort()  # the other half stops waiting
-            raise
-        for optimizer in optimizers:
-            optimizer.step()
-        return metrics
-
-    def part(self, loss_of: Callable, batch: tuple, nets: tuple, share: float) -> tuple:
-        """The gradient of `share` times the loss of part of the batch (a mean over it); its share of the metrics."""
-        with self.autocast():
-            loss, metrics = loss_of(batch, nets)
-        (loss * share).backward()
-        return tuple(metric * share for metric in metrics)
-
-    def split(self, loss_of: Callable, batch: tuple, nets: tuple, optimizers: list) -> tuple:
-        """The critics' half alone on both threads: each takes part of the batch (the second on copies of the networks
-        that share their memory), weighted by its share; the gradients add up to the whole batch's."""
-        key = tuple(map(id, nets))
-        if key not in self.replicas:
-            copies = tuple(frozen(net, trainable=True) if isinstance(net, nn.Module) else net.detach() for net in nets)
-            params = [[p for net in group if isinstance(net, nn.Module) for p in net.parameters()] for group in (nets, copies)]
-            self.replicas[key] = nets, copies, *params  # holding the networks keeps their ids from being reused
-        _, copies, params, copied = self.replicas[key]
-        n = len(batch[0])
-        k = (n + 1) // 2
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        for param in copied:
-            param.grad = None
-        second = self.worker.submit(self.part, loss_of, tuple(t[k:] for t in batch), copies, (n - k) / n)
-        try:
-            metrics = self.part(loss_of, tuple(t[:k] for t in batch), nets, k / n)
-        except BaseException:
-            second.exception()  # wait for the worker, which reads these parameters; this error is the one raised
-            raise
-        other = second.result()
-        pairs = [(p.grad, c.grad) for p, c in zip(params, copied) if p.grad is not None and c.grad is not None]
-        if pairs:
-            torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs])
-        for optimizer in optimizers:
-            optimizer.step()
-        return tuple(a + b for a, b in zip(metrics, other))
-
-    def __call__(self, critic: tuple[Callable, tuple, tuple, list], actor: Optional[tuple[Callable, list]] = None) -> tuple:
-        """critic: (its loss as a function of (batch, networks), reading nothing else, a mean over the batch; the batch
-        (tensors with one row per sample); the networks the loss reads; its optimizers); actor: (its loss function
-        without arguments, its optimizers). Returns both halves' metrics."""
-        loss_of, batch, nets, critic_optimizers = critic
-        if actor is None and self.worker is not None and len(batch[0]) > 1:
-            return self.split(loss_of, batch, nets, critic_optimizers), None
-        critic = (lambda: loss_of(batch, nets), critic_optimizers)
-        if actor is None or self.worker is None:
-            metrics = [self.gradient(*half) for half in (critic, actor) if half is not None]
-            for optimizer in critic[1] + (actor[1] if actor else []):
-                optimizer.step()
-            return metrics[0], metrics[1] if actor else None
-        future = self.worker.submit(self.half, *actor)
-        try:
-            critic_metrics = self.half(*critic)
-        except threading.BrokenBarrierError:
-            future.result()  # raises the actor half's error, the cause
-            raise
-        return critic_metrics, future.result()
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.shutdown()
+            run.log_evaluate_save(args.num_envs, losses, last=run.global_step >= args.total_timesteps)
+        run.finish()
 
 
-# checkpoints and evaluation (identical in every script)
+POLICY = Actor  # the network a checkpoint's "policy" holds: load_policy rebuilds it
+
+
+# ---- shared plumbing: identical in every script below this line ----
+FORMAT_VERSION = 1
+EVAL_SEED = 100_000  # evaluation episode i starts from reset(seed=args.seed + EVAL_SEED + i); enjoy.py's default too
+
+
+class ArgError(ValueError):
+    """Bad input: one line on stderr and exit status 2, before any work."""
+
+
 class CheckpointError(Exception):
-    """A file that is not a loadable checkpoint of this project."""
+    """A file that is not a loadable checkpoint of this project, or one that cannot be written (exit status 2)."""
+
+
+class Diverged(Exception):
+    """A loss or weight that is not finite: the run stops (exit status 3) and writes no checkpoint from it."""
+
+
+def fail(message: str, code: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_args(args_class, check: Callable) -> tuple:
+    """The command line, or with --resume the checkpoint's own arguments with the command line on top; checked."""
+    argv, ints = sys.argv[1:], {"--" + f.name.replace("_", "-") for f in fields(args_class) if f.type is int}
+    for i, token in enumerate(argv[:-1]):  # integer options take integral floats: --total-timesteps 1e5
+        with contextlib.suppress(ValueError, OverflowError):
+            if token in ints and not argv[i + 1].lstrip("-").isdigit() and float(argv[i + 1]).is_integer():
+                argv[i + 1] = str(int(float(argv[i + 1])))
+    cli = tyro.cli(args_class, args=argv)
+    try:
+        checkpoint = load_checkpoint(cli.resume) if cli.resume else None
+        if checkpoint is not None and checkpoint["algo"] != ALGO:
+            raise ArgError(f"{cli.resume} is a {checkpoint['algo']} checkpoint; resume it with {checkpoint['algo']}.py")
+        if checkpoint is not None and "resume_state" not in checkpoint:
+            raise ArgError(f"{cli.resume} holds a policy only; enjoy.py replays it, it cannot be resumed")
+        args = resume_args(args_class, checkpoint["args"], argv) if checkpoint else cli
+        check(args)
+        if ":" not in args.env_id and args.env_id not in gym.registry:
+            close = ", ".join(difflib.get_close_matches(args.env_id, list(gym.registry), n=3, cutoff=0.6))
+            raise ArgError(f"unknown env id {args.env_id!r}" + (f"; did you mean {close}?" if close else ""))
+        offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled") or os.environ.get("WANDB_API_KEY")
+        if args.track and not offline and not __import__("wandb").api.api_key:
+            raise ArgError("--track: not logged in to Weights & Biases; run `wandb login`, or set WANDB_MODE=offline")
+    except (ArgError, CheckpointError) as e:
+        fail(str(e))
+    return args, checkpoint
+
+
+def resume_args(args_class, saved: dict, argv: list[str]):
+    """The saved arguments with the command line on top: only budget, device, logging and checkpoint options change."""
+    changeable = "total_timesteps cuda torch_threads compile cudagraphs track progress_bar resume log_every eval_every"
+    changeable += " checkpoint_every capture_video save_buffer vector_mode"
+    if saved.get("precision", "float32") != "float32":  # an option of earlier versions that changed the arithmetic
+        raise ArgError(f"this run trained with --precision {saved['precision']}, which this version no longer has")
+    values = {f.name: saved.get(f.name, f.default) for f in fields(args_class)}
+    saved_args = args_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})  # tuples: lists
+    args = tyro.cli(args_class, default=saved_args, args=argv)
+    for name in (f.name for f in fields(args_class) if getattr(args, f.name) != getattr(saved_args, f.name)):
+        if name not in changeable.split():
+            raise ArgError(f"--{name.replace('_', '-')} cannot change when resuming; start a new run instead")
+    return args
+
+
+def check_ranges(args, positive=(), unit_interval=(), non_negative=()) -> None:
+    """Options that must be > 0, >= 0 or in [0, 1] (each member of a tuple option); the common ones always."""
+    common = ("torch_threads", "total_timesteps", "num_envs", "log_every", "eval_episodes", "checkpoint_every")
+    rules = [(name, lambda v: v > 0, "positive") for name in common + positive]
+    rules += [(name, lambda v: v >= 0, ">= 0") for name in ("eval_every", "seed", *non_negative)]
+    rules += [(name, lambda v: 0 <= v <= 1, "in [0, 1]") for name in unit_interval]
+    for name, ok, text in rules:
+        value = getattr(args, name)
+        if value == () or not all(ok(v) for v in np.atleast_1d(value)):
+            raise ArgError(f"--{name.replace('_', '-')} must be {text}, got {value}")
+
+
+def make_env(env_id: str, seed: int, render_mode: Optional[str] = None) -> Callable[[], gym.Env]:
+    def thunk() -> gym.Env:
+        if multiprocessing.parent_process() is not None:  # an async worker: Ctrl-C is the main process's to handle
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        env = gym.make(env_id, render_mode=render_mode)
+        if isinstance(env.observation_space, gym.spaces.Dict):  # dm_control: a dict of arrays, flattened
+            env = gym.wrappers.FlattenObservation(env)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def configure_headless_rendering() -> None:
+    """Headless: MuJoCo renders through EGL, else OSMesa; pygame offscreen. Harmless warnings of dependencies: off."""
+    warnings.filterwarnings(
+        "ignore", message=".*(is out of date|Overriding environment).*"
+    )  # -v4 tasks, re-registration
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("MUJOCO_GL")):
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "osmesa"
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    with contextlib.suppress(
+        ImportError
+    ):  # MuJoCo's warnings (never to MUJOCO_LOG.TXT), less HalfCheetah's settotalmass
+        mujoco_warning = lambda text: "settotalmass" in text or warnings.warn(f"MuJoCo: {text}", stacklevel=2)
+        __import__("mujoco").set_mju_user_warning(mujoco_warning)
+
+
+def setup(args, vector_env=gym.vector.SyncVectorEnv) -> tuple:
+    """Seeds the generators and makes the training envs (next-step autoreset), the evaluation env and the device."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    configure_headless_rendering()
+    try:
+        thunks = [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)]
+        envs = vector_env(thunks, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        eval_env = make_env(args.env_id, args.seed + EVAL_SEED, "rgb_array" if args.capture_video else None)()
+        spaces = envs.single_observation_space, envs.single_action_space
+        boxes = all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in spaces)
+        if not boxes or not np.isfinite(np.r_[spaces[1].low, spaces[1].high]).all():
+            raise ArgError(f"{args.env_id}: {ALGO} needs flat Box observations and bounded Box actions, not {spaces}")
+        if args.capture_video:  # fail now, not at the first evaluation, if frames cannot be rendered
+            eval_env.reset(seed=args.seed)
+            eval_env.render()
+    except Exception as e:  # a bad space, gym.make of a broken env, a renderer that cannot start
+        fail(str(e) if isinstance(e, ArgError) else f"cannot make or render env {args.env_id!r}: {e}")
+    envs.action_space.seed(args.seed)
+    return envs, eval_env, torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+
+def crossed(step: int, every: int, stride: int) -> bool:
+    """True when the last `stride` steps passed a multiple of `every` (works when stride does not divide every)."""
+    return every > 0 and step // every > (step - stride) // every
 
 
 def atomic_save(obj: dict, path: str) -> None:
@@ -522,6 +419,8 @@ def atomic_save(obj: dict, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, say: the previous file stays as it was
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -533,341 +432,248 @@ def load_checkpoint(path: str) -> dict:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise next to our own message
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
-    except Exception as e:  # torch raises several types for truncated, foreign or malicious files
-        reason = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise CheckpointError(f"{path}: {e.strerror.lower()}") from None
+    except Exception as e:  # truncated, foreign or malicious files raise several types
+        reason = str(e).strip().split(". ")[0] or type(e).__name__
         if "Unsupported global" in str(e) or "Weights only load failed" in str(e):
             reason = "it holds objects that would run code when unpickled; refused"
         raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
-    if not isinstance(checkpoint, dict) or not {"format_version", "algo", "env_id", "args", "policy"} <= checkpoint.keys():
-        raise CheckpointError(f"{path}: not a checkpoint of this project (a dict with format_version, algo, env_id, args, policy)")
+    keys = {"format_version", "algo", "env_id", "args", "policy", "policy_kwargs"}
+    if not isinstance(checkpoint, dict) or not keys <= checkpoint.keys():
+        raise CheckpointError(f"{path}: not a checkpoint of this project (a dict with {', '.join(sorted(keys))})")
     if checkpoint["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {checkpoint['format_version']} is newer than this script's {FORMAT_VERSION}")
+        raise CheckpointError(f"{path}: format_version {checkpoint['format_version']} is newer than {FORMAT_VERSION}")
     return checkpoint
 
 
-def get_rng_state(action_space: gym.Space) -> dict:
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # plain lists: loadable with weights_only
-    return {
-        "python": random.getstate(),
-        "numpy": numpy_state,
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "action_space": action_space.np_random.bit_generator.state,
-    }
+def normalize_obs(obs: np.ndarray, obs_rms: Optional[dict], clip: float = 10.0) -> np.ndarray:
+    """(obs - mean) / std, clipped to +-clip, with given statistics (numpy arrays or CPU tensors); None: unchanged."""
+    if obs_rms is None:
+        return obs
+    return np.clip((obs - np.asarray(obs_rms["mean"])) / np.sqrt(np.asarray(obs_rms["var"]) + 1e-8), -clip, clip)
 
 
-def set_rng_state(state: dict, action_space: gym.Space) -> None:
-    random.setstate(state["python"])
-    numpy_state = dict(state["numpy"], state=dict(state["numpy"]["state"]))
-    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    action_space.np_random.bit_generator.state = state["action_space"]
+def make_act_fn(policy: nn.Module, obs_rms: Optional[dict], device, deterministic: bool) -> Callable:
+    """One observation (obs_dim,) -> one action (act_dim,), through the frozen observation statistics if any."""
+    as_batch = lambda obs: torch.as_tensor(normalize_obs(obs, obs_rms), dtype=torch.float32, device=device)[None]
+    return lambda obs: policy.act(as_batch(obs), deterministic)[0].cpu().numpy()
 
 
-def resume_args(saved: dict, argv: Optional[list] = None) -> Args:
-    """The arguments of a resumed run: the saved ones, with the command line read again on top of them. Only the
-    budget and the device, logging and checkpoint options may change; anything else is refused."""
-    changeable = {"total_timesteps", "cuda", "torch_threads", "update_threads", "compile", "cudagraphs", "track", "progress_bar",
-                  "log_every", "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode", "resume"}
-    defaults = Args()
-    values = {f.name: saved.get(f.name, getattr(defaults, f.name)) for f in fields(Args)}
-    saved_args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})  # tuples are saved as lists
-    args = tyro.cli(Args, default=saved_args, args=argv)
-    for f in fields(Args):
-        if f.name not in changeable and getattr(args, f.name) != getattr(saved_args, f.name):
-            raise ArgError(f"--{f.name.replace('_', '-')} cannot change when resuming (saved: {getattr(saved_args, f.name)!r}); start a new run instead")
-    return args
+def load_policy(checkpoint: dict, device: str = "cpu", deterministic: bool = True) -> Callable:
+    """What enjoy.py calls: the policy of a checkpoint as a function of one observation."""
+    policy = POLICY(**checkpoint["policy_kwargs"]).to(device)
+    policy.load_state_dict(checkpoint["policy"])
+    if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
+        raise CheckpointError("the policy holds weights that are not finite (its run diverged); refused")
+    return make_act_fn(policy.eval(), checkpoint.get("obs_rms"), torch.device(device), deterministic)
 
 
-def write_video(path: str, frames: list, fps: int) -> None:
-    import imageio.v2 as imageio  # only needed with --capture-video
-
-    if path.endswith(".gif"):
-        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
-    else:
-        imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
-
-
-def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env: gym.Env, episodes: int, seed: int, video_path: Optional[str] = None) -> np.ndarray:
-    """Episode returns of act_fn on env (episode i starts from reset(seed=seed + i)); frames of the first episode go to video_path."""
-    returns, frames = [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, episode_return = False, 0.0
-        while not done:
-            if video_path is not None and episode == 0:
-                frames.append(env.render())
-            obs, reward, terminated, truncated, _ = env.step(act_fn(obs))
-            episode_return += float(reward)
-            done = terminated or truncated
-        returns.append(episode_return)
-    if frames:
-        write_video(video_path, frames, env.metadata.get("render_fps", 30))
+def evaluate(act_fn: Callable, env: gym.Env, episodes: int, seed: int, video_path=None, stop=()):
+    """Returns of act_fn's episodes (episode i starts from reset(seed=seed + i)); the first one's frames stream to
+    video_path. None as soon as the list `stop` (a signal handler's) is not empty: the evaluation is abandoned."""
+    returns, fps = [], env.metadata.get("render_fps", 30)
+    video = imageio.get_writer(video_path, fps=fps, macro_block_size=1) if video_path else None  # frames stream to it
+    try:
+        for episode in range(episodes):
+            (obs, _), done = env.reset(seed=seed + episode), False
+            returns.append(0.0)
+            while not done:
+                if stop:
+                    return None
+                if video is not None and episode == 0:
+                    video.append_data(env.render())
+                obs, reward, terminated, truncated, _ = env.step(act_fn(obs))
+                returns[-1], done = returns[-1] + float(reward), terminated or truncated
+    finally:
+        if video is not None:
+            video.close()
     return np.asarray(returns)
 
 
-def make_act_fn(policy: nn.Module, obs_rms: Optional[dict], device: torch.device, deterministic: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """One observation (obs_dim,) -> one action (act_dim,). SAC does not normalise observations: obs_rms is None."""
+class Run:
+    """All of a training run but its algorithm: run directory, writers, progress, signals, evaluation, checkpoints."""
 
-    def act_fn(obs: np.ndarray) -> np.ndarray:
-        obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
-        return policy.act(obs_tensor, deterministic)[0].cpu().numpy()
-
-    return act_fn
-
-
-def load_policy(checkpoint: dict, device: str = "cpu", deterministic: bool = True) -> Callable[[np.ndarray], np.ndarray]:
-    """What enjoy.py calls: the policy of a checkpoint as a function of one observation."""
-    policy = Actor(**checkpoint["policy_kwargs"]).to(device)
-    policy.load_state_dict(checkpoint["policy"])
-    policy.eval()
-    return make_act_fn(policy, checkpoint["obs_rms"], torch.device(device), deterministic)
-
-
-def main() -> None:
-    cli = tyro.cli(Args)
-    try:
-        checkpoint = load_checkpoint(cli.resume) if cli.resume else None
-        if checkpoint is not None and checkpoint["algo"] != ALGO:
-            raise ArgError(f"{cli.resume} is a {checkpoint['algo']} checkpoint; resume it with {checkpoint['algo']}.py")
-        args = resume_args(checkpoint["args"]) if checkpoint else cli
-        check_args(args)
-    except (ArgError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-    run_name = checkpoint["run_name"] if checkpoint else args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.runs_dir, run_name)
-    if checkpoint is not None and os.path.basename(os.path.dirname(os.path.abspath(args.resume))) == "checkpoints":
-        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))  # the run that holds it, wherever it was moved
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    configure_headless_rendering()
-
-    # seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-    # env setup
-    try:
-        envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-                                        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
-        eval_env = make_env(args.env_id, args.seed + 100_000, "rgb_array" if args.capture_video else None)()
-        check_spaces(args.env_id, envs.single_observation_space, envs.single_action_space)
-        if args.capture_video:  # fail now, not at the first evaluation, if frames cannot be rendered
-            eval_env.reset(seed=args.seed)
-            eval_env.render()
-    except ArgError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:  # gym.make of a broken or unregistered env
-        print(f"error: cannot make{' or render' if args.capture_video else ''} env {args.env_id!r}: {e}", file=sys.stderr)
-        sys.exit(2)
-    envs.action_space.seed(args.seed)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    act_dim = int(np.prod(envs.single_action_space.shape))
-
-    # ALGO LOGIC: agent
-    policy_kwargs = {"obs_dim": obs_dim, "act_dim": act_dim, "hidden_sizes": list(args.hidden_sizes),
-                     "action_low": envs.single_action_space.low.tolist(), "action_high": envs.single_action_space.high.tolist(),
-                     "exploration_noise": args.exploration_noise}
-    actor = Actor(**policy_kwargs).to(device)
-    actor_target = Actor(**policy_kwargs).to(device)
-    actor_target.load_state_dict(actor.state_dict())
-    qf = QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=1).to(device)
-    qf_target = QEnsemble(obs_dim, act_dim, args.hidden_sizes, num_q=1).to(device)
-    qf_target.load_state_dict(qf.state_dict())
-    # fused Adam: one kernel per step instead of a dozen per tensor (about 3x faster steps on the CPU);
-    # capturable keeps the step count on the device, which CUDA graphs need
-    adam = {"fused": True, "capturable": args.cudagraphs}
-    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, **adam)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, **adam)
-    ou_noise = OUNoise(args.num_envs, act_dim, device) if args.noise_type == "ou" else None
-    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
-    qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
-    actor_params, actor_target_params = list(actor.parameters()), list(actor_target.parameters())
-    qf_frozen = frozen(qf)  # what the actor's half of an update reads of the critic (Updater): same memory, tensors of its own
-    # what --resume restores besides the policy and the replay buffer: objects with state_dict() and load_state_dict()
-    resume_objects = {"qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "actor_target": actor_target}
-
-    bfloat16 = args.precision == "bfloat16"
-    if bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        print("error: --precision bfloat16: this GPU does not support bfloat16", file=sys.stderr)
-        sys.exit(2)
-    if bfloat16 and device.type == "cpu" and not native_bfloat16():
-        print("warning: this CPU has no native bfloat16 products (AVX-512 BF16 or AMX); --precision bfloat16 will be slower than float32", file=sys.stderr)
-    critic_fn, actor_fn = critic_loss, actor_loss
-    if args.compile or args.cudagraphs:
-        mode = "reduce-overhead" if args.cudagraphs else None
-        critic_fn, actor_fn = torch.compile(critic_loss, mode=mode), torch.compile(actor_loss, mode=mode)
-    if args.cudagraphs:  # a CUDA graph overwrites its outputs when it runs again: keep copies of the metrics
-        critic_fn, actor_fn = cloned_outputs(critic_fn), cloned_outputs(actor_fn)
-    threads = args.update_threads if device.type == "cpu" and not args.compile else 1
-    updater = Updater(threads, lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16))
-
-    global_step, num_updates, best_return, episodes_done = 0, 0, -math.inf, 0
-    if checkpoint is not None:
-        state = checkpoint["resume_state"]
-        actor.load_state_dict(checkpoint["policy"])
-        missing = [name for name in resume_objects if name not in state]
-        if missing:  # a checkpoint of an older version of this script
-            print(f"error: {cli.resume} has no resume state for {', '.join(missing)}; it was written by another version of {ALGO}.py", file=sys.stderr)
-            sys.exit(2)
-        for name, obj in resume_objects.items():
-            obj.load_state_dict(state[name])
-        global_step, num_updates = checkpoint["global_step"], state["num_updates"]
-        best_return, episodes_done = state["best_return"], state["episodes_done"]
-        if os.path.exists(os.path.join(ckpt_dir, "best.pt")):  # evaluations may have come after the last latest.pt
-            best_return = max(best_return, load_checkpoint(os.path.join(ckpt_dir, "best.pt"))["resume_state"]["best_return"])
-        set_rng_state(state["rng"], envs.action_space)
-        buffer_file = state.get("buffer_file")
-        if buffer_file and os.path.exists(os.path.join(ckpt_dir, buffer_file)):
-            rb.load_state_dict(torch.load(os.path.join(ckpt_dir, buffer_file), map_location=device, weights_only=True))
-        elif global_step >= args.learning_starts:
-            print(f"warning: no replay buffer saved with {cli.resume}; learning continues from an empty buffer", file=sys.stderr)
-        print(f"resuming {run_name} at step {global_step}")
-
-    def save_checkpoint(name: str, with_buffer: bool = False) -> None:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        buffer_file = None
-        if with_buffer and args.save_buffer:
-            buffer_file = f"buffer_{global_step}.pt"
-            atomic_save(rb.state_dict(), os.path.join(ckpt_dir, buffer_file))
-        atomic_save({
-            "format_version": FORMAT_VERSION, "algo": ALGO, "env_id": args.env_id, "run_name": run_name,
-            "args": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items()},
-            "global_step": global_step, "policy_kwargs": policy_kwargs, "policy": actor.state_dict(), "obs_rms": None,
-            "resume_state": {
-                **{name: obj.state_dict() for name, obj in resume_objects.items()}, "num_updates": num_updates,
-                "best_return": best_return, "episodes_done": episodes_done, "rng": get_rng_state(envs.action_space),
-                "buffer_file": buffer_file,
-            },
-        }, os.path.join(ckpt_dir, name))
-        if with_buffer:  # the new latest.pt names its buffer: older buffers are no longer referenced
-            for old in os.listdir(ckpt_dir):
-                if old.startswith("buffer_") and old.endswith(".pt") and old != buffer_file:
-                    os.remove(os.path.join(ckpt_dir, old))
-
-    # logging (after arguments and envs are known to be good)
-    os.makedirs(run_dir, exist_ok=True)
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=asdict(args),
-                   name=run_name, id=run_name, resume="allow", dir=run_dir, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    # purge_step: anything an earlier process logged after the checkpoint we resume from is dropped, so no step appears twice
-    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if checkpoint else None)
-    if checkpoint is None:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-    video_dir = os.path.join(run_dir, "videos")
-    if args.capture_video:
-        os.makedirs(video_dir, exist_ok=True)
-
-    stop_signal: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: stop_signal.append(signum))
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop_signal.append(signum))
-
-    from tqdm import tqdm
-
-    progress = tqdm(total=args.total_timesteps, initial=global_step, disable=not args.progress_bar, unit="step", dynamic_ncols=True)
-    eval_act = make_act_fn(actor, None, device, deterministic=True)
-    obs, _ = envs.reset(seed=args.seed + global_step)
-    autoreset = np.zeros(args.num_envs, dtype=bool)
-    losses, policy_loss = None, None
-    last_return = float("nan")
-    start_step, start_time = global_step, time.time()
-    try:
-        while global_step < args.total_timesteps:
-            # ALGO LOGIC: act
-            if global_step < args.learning_starts:
-                actions = envs.action_space.sample()
-            else:
-                with torch.no_grad():
-                    mu = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
-                    unit_noise = ou_noise.sample() if ou_noise is not None else torch.randn_like(mu)
-                    actions = explore(mu, unit_noise, actor.exploration_std, actor.action_low, actor.action_high).cpu().numpy()
-            if ou_noise is not None:  # an env that this step resets (next-step autoreset) starts its next episode's noise
-                ou_noise.reset(autoreset)  # process from zero: its first action's noise is one step from zero, as at the start
-            next_obs, infos, autoreset = env_step(envs, rb, obs, actions, autoreset)
-            obs = next_obs
-            global_step += args.num_envs
-            progress.update(args.num_envs)
-
-            if "episode" in infos:
-                for i in np.flatnonzero(infos["_episode"]):
-                    last_return = float(infos["episode"]["r"][i])
-                    episodes_done += 1
-                    writer.add_scalar("charts/episodic_return", last_return, global_step)
-                    writer.add_scalar("charts/episodic_length", int(infos["episode"]["l"][i]), global_step)
-
-            # ALGO LOGIC: training, one gradient step per env step (an autoreset step, which stores nothing, included)
-            if global_step >= args.learning_starts:
-                for _ in range(args.num_envs):
-                    data = rb.sample(args.batch_size)
-                    num_updates += 1
-                    due = num_updates % args.policy_frequency == 0  # every update by default; delayed as in TD3 with --policy-frequency 2
-                    (qf_loss, qf_mean), actor_metrics = updater(
-                        (lambda batch, nets: critic_fn(*batch, *nets, args.gamma), data, (actor_target, qf, qf_target), [q_optimizer]),
-                        (lambda: actor_fn(data[0], actor, qf_frozen), [actor_optimizer]) if due else None)
-                    if due:
-                        policy_loss, = actor_metrics
-                        polyak_update(actor_target_params, actor_params, args.tau)
-                        polyak_update(qf_target_params, qf_params, args.tau)
-                losses = {"losses/qf_loss": qf_loss, "losses/qf_values": qf_mean}
-                if policy_loss is not None:  # the last actor loss, whether or not this step updated the actor
-                    losses["losses/actor_loss"] = policy_loss
-
-            if crossed(global_step, args.log_every, args.num_envs):
-                sps = int((global_step - start_step) / (time.time() - start_time))
-                writer.add_scalar("charts/SPS", sps, global_step)
-                for tag, value in (losses or {}).items():  # .item() syncs with the device: only here
-                    writer.add_scalar(tag, value.item(), global_step)
-                progress.set_postfix(sps=sps, ret=f"{last_return:.1f}", refresh=False)
-                writer.flush()  # what a killed run logged is on disk up to here
-
-            done = global_step >= args.total_timesteps
-            if crossed(global_step, args.eval_every, args.num_envs) or done:
-                video_path = os.path.join(video_dir, f"eval_{global_step}.mp4") if args.capture_video else None
-                eval_returns = evaluate(eval_act, eval_env, args.eval_episodes, args.seed + 100_000, video_path)
-                writer.add_scalar("eval/return_mean", eval_returns.mean(), global_step)
-                writer.add_scalar("eval/return_std", eval_returns.std(), global_step)
-                if eval_returns.mean() > best_return:
-                    best_return = float(eval_returns.mean())
-                    save_checkpoint("best.pt")
-            if crossed(global_step, args.checkpoint_every, args.num_envs) or done:
-                writer.flush()
-                save_checkpoint("latest.pt", with_buffer=True)
-            if stop_signal and not done:
-                writer.flush()
-                save_checkpoint("latest.pt", with_buffer=True)
-                progress.close()
-                print(f"\nstopped by signal {stop_signal[0]} at step {global_step}; continue with --resume {os.path.join(ckpt_dir, 'latest.pt')}", file=sys.stderr)
-                sys.exit(128 + stop_signal[0])
-        save_checkpoint("final.pt")
-    finally:
-        progress.close()
-        envs.close()
-        eval_env.close()
-        writer.close()
-        updater.close()
+    def __init__(self, args, checkpoint, envs, eval_env, device, policy, policy_kwargs, resume_objects, **extra):
+        self.args, self.envs, self.eval_env, self.device, self.policy = args, envs, eval_env, device, policy
+        self.policy_kwargs, self.resume_objects = policy_kwargs, resume_objects
+        self.obs_rms, self.buffer = extra.get("obs_rms"), extra.get("buffer")  # observation statistics, replay buffer
+        self.global_step, self.num_updates, self.best_return, self.episodes_done = 0, 0, -math.inf, 0
+        self.last_eval, self.stop_signal = None, []
+        try:
+            self.run_dir = self.claim_run_dir(checkpoint)
+            self.ckpt_dir, self.run_name = os.path.join(self.run_dir, "checkpoints"), os.path.basename(self.run_dir)
+            if checkpoint is not None:
+                self.restore(checkpoint)
+        except (ArgError, CheckpointError) as e:
+            fail(str(e))
         if args.track:
-            import wandb
+            wandb_args = dict(project=args.wandb_project_name, entity=args.wandb_entity, id=self.run_name)
+            __import__("wandb").init(**wandb_args, config=asdict(args), resume="allow", dir=self.run_dir)
+        from torch.utils.tensorboard import SummaryWriter
 
-            wandb.finish()
-    print(f"done: {global_step} steps, best evaluation {best_return:.1f}, checkpoints in {ckpt_dir}")
+        # purge_step: what an earlier process logged after the checkpoint resumed from is dropped: no step twice
+        self.writer = SummaryWriter(self.run_dir, purge_step=self.global_step + 1 if checkpoint else None)
+        if checkpoint is None:
+            table = "".join(f"\n|{key}|{value}|" for key, value in asdict(args).items())
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|" + table)
+        plain = not (args.progress_bar and sys.stderr.isatty())  # not a terminal: plain lines instead of a bar
+        self.bar = __import__("tqdm").tqdm(total=args.total_timesteps, initial=self.global_step, disable=plain)
+        signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGTERM, self.on_signal)
+        self.start_step, self.start_time = self.global_step, time.time()
+
+    def claim_run_dir(self, checkpoint) -> str:
+        """A resumed run's directory, or a new one created exclusively: a default name taken gets a suffix."""
+        args, path = self.args, os.path.dirname(os.path.abspath(self.args.resume or ""))
+        if checkpoint is not None:  # the run that holds the checkpoint, wherever it was moved
+            in_run = os.path.basename(path) == "checkpoints"
+            return os.path.dirname(path) if in_run else os.path.join(args.runs_dir, checkpoint["run_name"])
+        name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        try:
+            os.makedirs(args.runs_dir, exist_ok=True)
+            for path in [os.path.join(args.runs_dir, name + (f"-{i}" if i else "")) for i in range(1000)]:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path)
+                    return path
+                if args.run_name is not None:
+                    latest = os.path.join(path, "checkpoints", "latest.pt")
+                    raise ArgError(f"{path} holds another run; choose another --run-name, or --resume {latest}")
+        except OSError as e:
+            raise ArgError(f"cannot create a run directory in --runs-dir {args.runs_dir}: {e.strerror or e}") from None
+        raise ArgError(f"no free run directory for {name} in {args.runs_dir}")
+
+    def restore(self, checkpoint: dict) -> None:
+        """latest.pt is the source of truth: a best.pt or replay buffer that cannot be read is reported and replaced."""
+        state, ckpt_dir = checkpoint["resume_state"], self.ckpt_dir
+        for stale in [f for f in os.listdir(ckpt_dir) if ".pt.tmp." in f] if os.path.isdir(ckpt_dir) else []:
+            os.remove(os.path.join(ckpt_dir, stale))  # left by a save that was killed
+        if any(name not in state for name in self.resume_objects):
+            missing = ", ".join(name for name in self.resume_objects if name not in state)
+            raise CheckpointError(f"{self.args.resume} has no resume state for {missing}; another {ALGO}.py wrote it")
+        self.policy.load_state_dict(checkpoint["policy"])
+        for name, obj in self.resume_objects.items():
+            obj.load_state_dict(state[name])
+        if self.obs_rms is not None:
+            self.obs_rms.load_state_dict(checkpoint["obs_rms"])
+        self.global_step, self.num_updates = checkpoint["global_step"], state["num_updates"]
+        self.best_return, self.episodes_done, rng = state["best_return"], state["episodes_done"], state["rng"]
+        torch.set_rng_state(rng["torch"])  # the generators the scripts draw from: torch's and the action space's
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.envs.action_space.np_random.bit_generator.state = rng["action_space"]
+        if os.path.exists(os.path.join(ckpt_dir, "best.pt")):  # evaluations may have come after the last latest.pt
+            try:
+                best = load_checkpoint(os.path.join(ckpt_dir, "best.pt"))["resume_state"]["best_return"]
+                self.best_return = max(self.best_return, best)
+            except (CheckpointError, KeyError) as e:
+                print(f"warning: best.pt is unreadable ({e}); the next evaluation replaces it", file=sys.stderr)
+                self.best_return = -math.inf
+        if self.buffer is not None:
+            try:
+                self.buffer.load_state_dict(torch.load(os.path.join(ckpt_dir, state["buffer_file"]), weights_only=True))
+            except Exception as e:  # not saved (--no-save-buffer), missing or truncated
+                reason = f"is unreadable ({str(e).split('. ')[0]})" if state.get("buffer_file") else "was not saved"
+                print(f"warning: the replay buffer {reason}; learning continues from an empty one", file=sys.stderr)
+        print(f"resuming {self.run_name} at step {self.global_step}")
+
+    def on_signal(self, signum, frame) -> None:
+        """A first Ctrl-C or SIGTERM stops the run at the next step (abandoning an evaluation); a second one at once."""
+        if self.stop_signal:
+            raise SystemExit(128 + signum)
+        self.stop_signal.append(signum)
+
+    def count_steps(self, n: int, infos: dict) -> None:
+        self.global_step += n
+        self.bar.update(n)
+        for i in np.flatnonzero(infos.get("_episode", [])):
+            self.episodes_done += 1
+            self.writer.add_scalar("charts/episodic_return", float(infos["episode"]["r"][i]), self.global_step)
+            self.writer.add_scalar("charts/episodic_length", int(infos["episode"]["l"][i]), self.global_step)
+
+    def log_evaluate_save(self, stride: int, metrics: dict, last: bool) -> None:
+        """Logging, evaluation and checkpoints as they fall due in the last `stride` steps; stops on a signal or NaN."""
+        args, step = self.args, self.global_step
+        if crossed(step, args.log_every, stride):
+            # .item() syncs with the device: only here; metrics without a "/" are losses
+            values = {k if "/" in k else f"losses/{k}": torch.as_tensor(v).item() for k, v in metrics.items()}
+            for name in [name for name, value in values.items() if not math.isfinite(value)][:1]:
+                raise Diverged(f"{name} is {values[name]} at step {step}")
+            values["charts/SPS"] = int((step - self.start_step) / max(time.time() - self.start_time, 1e-9))
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()  # what a killed run logged is on disk up to here
+            self.show(f"{values['charts/SPS']} SPS")
+        if (crossed(step, args.eval_every, stride) or last) and not self.stop_signal:
+            self.show("evaluating")
+            video = os.path.join(self.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
+            os.makedirs(os.path.dirname(video), exist_ok=True) if video else None
+            obs_rms = self.obs_rms.stats() if self.obs_rms is not None else None  # a frozen copy
+            act_fn = make_act_fn(self.policy, obs_rms, self.device, deterministic=True)
+            seed = args.seed + EVAL_SEED
+            returns = evaluate(act_fn, self.eval_env, args.eval_episodes, seed, video, self.stop_signal)
+            if returns is not None:
+                self.last_eval = float(returns.mean())
+                self.writer.add_scalar("eval/return_mean", returns.mean(), step)
+                self.writer.add_scalar("eval/return_std", returns.std(), step)
+                if returns.mean() > self.best_return:
+                    self.best_return = float(returns.mean())
+                    self.save("best.pt")
+        if crossed(step, args.checkpoint_every, stride) or last or self.stop_signal:
+            self.save("latest.pt", with_buffer=True)
+        if self.stop_signal and not last:
+            latest = os.path.join(self.ckpt_dir, "latest.pt")
+            print(f"\nstopped by signal {self.stop_signal[0]} at step {step}; continue: --resume {latest}")
+            sys.exit(128 + self.stop_signal[0])
+
+    def show(self, status: str) -> None:
+        text = f"{status}, last evaluation {'-' if self.last_eval is None else f'{self.last_eval:.1f}'}"
+        self.bar.set_postfix_str(text)
+        if self.bar.disable and self.args.progress_bar:
+            print(f"step {self.global_step}/{self.args.total_timesteps}: {text}", file=sys.stderr, flush=True)
+
+    def save(self, name: str, with_buffer: bool = False) -> None:
+        """checkpoints/<name>, never from weights that are not finite (the last good checkpoints stay as they were)."""
+        modules = [self.policy, *(obj for obj in self.resume_objects.values() if isinstance(obj, nn.Module))]
+        if not all(torch.isfinite(t).all() for module in modules for t in module.state_dict().values()):
+            raise Diverged(f"the weights are not finite at step {self.global_step}")
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        self.writer.flush()
+        buffer_file = f"buffer_{self.global_step}.pt" if with_buffer and self.buffer and self.args.save_buffer else None
+        if buffer_file:
+            atomic_save(self.buffer.state_dict(), os.path.join(self.ckpt_dir, buffer_file))
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        action_space = self.envs.action_space.np_random.bit_generator.state
+        rng = dict(torch=torch.get_rng_state(), cuda=cuda, action_space=action_space)
+        state = {name: obj.state_dict() for name, obj in self.resume_objects.items()}
+        state.update(num_updates=self.num_updates, best_return=self.best_return, buffer_file=buffer_file)
+        state.update(episodes_done=self.episodes_done, rng=rng)
+        args = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self.args).items()}
+        obs_rms = self.obs_rms.state_dict() if self.obs_rms is not None else None
+        checkpoint = dict(format_version=FORMAT_VERSION, algo=ALGO, env_id=self.args.env_id, run_name=self.run_name)
+        checkpoint.update(args=args, global_step=self.global_step, policy_kwargs=self.policy_kwargs, obs_rms=obs_rms)
+        checkpoint.update(policy=self.policy.state_dict(), resume_state=state)
+        atomic_save(checkpoint, os.path.join(self.ckpt_dir, name))
+        for old in os.listdir(self.ckpt_dir) if buffer_file else []:  # the new latest.pt names its buffer: not old ones
+            if old.startswith("buffer_") and old.endswith(".pt") and old != buffer_file:
+                os.remove(os.path.join(self.ckpt_dir, old))
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        for close in (self.bar.close, self.envs.close, self.eval_env.close, self.writer.close):
+            with contextlib.suppress(Exception):
+                close()
+        if self.args.track:
+            __import__("wandb").finish(exit_code=0 if kind is None else 1)
+        if isinstance(error, (Diverged, CheckpointError)):  # one line, no traceback
+            diverged = f"diverged: {error}; nothing was saved from it, the last good checkpoints are in {self.ckpt_dir}"
+            fail(diverged if isinstance(error, Diverged) else str(error), 3 if isinstance(error, Diverged) else 2)
+
+    def finish(self) -> None:
+        self.save("final.pt")
+        print(f"done: {self.global_step} steps, best evaluation {self.best_return:.1f}, checkpoints in {self.ckpt_dir}")
 
 
 if __name__ == "__main__":

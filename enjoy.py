@@ -1,29 +1,33 @@
 """Replay a saved policy of any algorithm script: `python enjoy.py runs/<run>/checkpoints/best.pt --video out.mp4`.
 
-The checkpoint alone says which script made it (`algo`), the env and the policy's shape; that script's
-`load_policy` rebuilds the policy (with its frozen observation normalisation where it has one)."""
+The checkpoint says which script made it (`algo`), the env and the policy's shape; that script loads it (its own
+checkpoint loader, with the format_version check) and rebuilds the policy (`load_policy`, with the frozen observation
+normalisation where it has one). By default the episodes are those of the training run's evaluations (the same seeds
+and count), so the mean printed is the `eval/return_mean` logged at that checkpoint's step.
+`--export zoo/<name>.pt` writes the policy alone: everything replaying needs, nothing resuming needs."""
+
 import importlib.util
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 import numpy as np
-import torch
 import tyro
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CANDIDATES = ("best.pt", "final.pt", "latest.pt")
-REQUIRED_KEYS = {"format_version", "algo", "env_id", "args", "policy", "policy_kwargs", "obs_rms"}
+POLICY_KEYS = ("format_version", "algo", "env_id", "run_name", "args", "global_step", "policy_kwargs", "policy", "obs_rms")
 
 
 @dataclass
 class EnjoyArgs:
     checkpoint: tyro.conf.Positional[str]
     """a checkpoint file, or a run directory (then best.pt, final.pt, latest.pt in that order)"""
-    episodes: int = 5
-    """episodes to run"""
+    episodes: Optional[int] = None
+    """episodes to run (default: as many as the run's evaluations)"""
+    seed: Optional[int] = None
+    """episode i starts from reset(seed=seed + i) (default: the run's evaluation seeds)"""
     stochastic: bool = False
     """sample actions from the policy instead of the deterministic action"""
     video: Optional[str] = None
@@ -32,10 +36,10 @@ class EnjoyArgs:
     """human: show the episodes in a window (needs a display)"""
     env_id: Optional[str] = None
     """run on this env instead of the stored one (say, a -v4 checkpoint on -v5)"""
-    seed: int = 0
-    """episode i starts from reset(seed=seed + i)"""
     device: str = "cpu"
     """torch device of the policy"""
+    export: Optional[str] = None
+    """write the policy alone (a few hundred KB, what enjoy.py needs) to this .pt file, then replay it"""
 
 
 class EnjoyError(Exception):
@@ -54,23 +58,6 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
-def load(path: str) -> dict:
-    """weights_only=True: tensors, numbers, strings, lists and dicts load; anything that would run code is refused."""
-    try:
-        with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise next to our own message
-            warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign or malicious files raise several types
-        message = str(e)
-        if "Unsupported global" in message or "Weights only load failed" in message:
-            raise EnjoyError(f"{path}: refused, it holds objects that would run code when unpickled") from None
-        first_sentence = message.strip().split(". ")[0] if message.strip() else type(e).__name__
-        raise EnjoyError(f"{path}: not a loadable checkpoint (truncated or not a torch file: {first_sentence})") from None
-    if not isinstance(checkpoint, dict) or not REQUIRED_KEYS <= checkpoint.keys():
-        raise EnjoyError(f"{path}: not a checkpoint of this project (needs {', '.join(sorted(REQUIRED_KEYS))})")
-    return checkpoint
-
-
 def import_algo(algo: str):
     script = os.path.join(HERE, f"{algo}.py")
     if not algo.isidentifier() or not os.path.isfile(script):
@@ -81,30 +68,57 @@ def import_algo(algo: str):
     return module
 
 
+def load(path: str):
+    """The checkpoint, loaded by the script that wrote it, and that script as a module. Every script's loader is the
+    same code (the shared plumbing), so any one of them can read which script wrote the file."""
+    any_script = import_algo("sac_continuous")
+    try:
+        algo = any_script.load_checkpoint(path)["algo"]
+        module = import_algo(str(algo))
+        return module.load_checkpoint(path), module
+    except any_script.CheckpointError as e:
+        raise EnjoyError(str(e)) from None
+
+
+def check_writable(path: str, suffixes: tuple) -> None:
+    """Before any work: the file can be created where it is asked for."""
+    if not path.endswith(suffixes):
+        raise EnjoyError(f"{path} must end in {' or '.join(suffixes)}")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        existed = os.path.exists(path)
+        open(path, "ab").close()
+        if not existed:
+            os.remove(path)
+    except OSError as e:
+        raise EnjoyError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def main() -> None:
     args = tyro.cli(EnjoyArgs)
     try:
-        if args.episodes <= 0:
+        if args.episodes is not None and args.episodes <= 0:
             raise EnjoyError(f"--episodes must be positive, got {args.episodes}")
-        if args.video is not None and not args.video.endswith((".mp4", ".gif")):
-            raise EnjoyError(f"--video must end in .mp4 or .gif, got {args.video}")
         if args.render == "human" and args.video is not None:
             raise EnjoyError("--render human and --video exclude each other (a window's frames are not returned); choose one")
         if args.render == "human" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise EnjoyError("--render human needs a display; use --video out.mp4 to watch it headless")
+        for path, suffixes in ((args.video, (".mp4", ".gif")), (args.export, (".pt",))):
+            if path is not None:
+                check_writable(path, suffixes)
         path = resolve_checkpoint(args.checkpoint)
-        checkpoint = load(path)
-        module = import_algo(checkpoint["algo"])
+        checkpoint, module = load(path)
         if args.render == "none":
             module.configure_headless_rendering()
-        import gymnasium as gym
-
         env_id = args.env_id or checkpoint["env_id"]
         render_mode = "human" if args.render == "human" else "rgb_array" if args.video else None
         try:
-            env = gym.make(env_id, render_mode=render_mode)
+            env = module.make_env(env_id, 0, render_mode)()
+            if args.video:
+                env.reset(seed=0)
+                env.render()
         except Exception as e:
-            raise EnjoyError(f"cannot make env {env_id!r}: {e}") from None
+            raise EnjoyError(f"cannot make or render env {env_id!r}: {e}") from None
         kwargs = checkpoint["policy_kwargs"]
         if env.observation_space.shape != (kwargs["obs_dim"],) or env.action_space.shape != (kwargs["act_dim"],):
             raise EnjoyError(f"{env_id} has observations {env.observation_space.shape} and actions {env.action_space.shape}; "
@@ -113,35 +127,55 @@ def main() -> None:
     except EnjoyError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # CheckpointError of the script: a policy with weights that are not finite, say
+        if type(e).__name__ not in ("CheckpointError", "ArgError"):
+            raise
+        print(f"error: {path}: {e}", file=sys.stderr)
+        sys.exit(2)
 
+    if args.export:
+        module.atomic_save({key: checkpoint.get(key) for key in POLICY_KEYS}, args.export)
+        print(f"exported the policy of {path} to {args.export} ({os.path.getsize(args.export) / 1024:.0f} KB)")
+    saved = checkpoint["args"]
+    episodes = args.episodes or saved.get("eval_episodes", 10)
+    seed = args.seed if args.seed is not None else saved["seed"] + module.EVAL_SEED
     print(f"{path}: {checkpoint['algo']} on {env_id}, step {checkpoint['global_step']}, "
-          f"{'stochastic' if args.stochastic else 'deterministic'} policy")
-    returns, frames = [], []
+          f"{'stochastic' if args.stochastic else 'deterministic'} policy, {episodes} episodes from seed {seed}")
+    video, bar = None, None
+    if args.video:  # frames stream to the file; software rendering is slow (about 10 frames a second): a progress bar
+        from tqdm import tqdm
+
+        import imageio.v2 as imageio
+
+        fps = env.metadata.get("render_fps", 30)
+        gif = args.video.endswith(".gif")
+        video = imageio.get_writer(args.video, **(dict(mode="I", duration=1000 / fps, loop=0) if gif else dict(fps=fps, macro_block_size=1)))
+        total = episodes * (env.spec.max_episode_steps or 1000)
+        bar = tqdm(total=total, unit="frame", leave=False, disable=not sys.stderr.isatty())
+    returns, frames = [], 0
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            done, episode_return, length = False, 0.0, 0
+            while not done:
+                if video is not None:
+                    video.append_data(env.render())
+                    frames += 1
+                    bar.update()
+                obs, reward, terminated, truncated, _ = env.step(act(obs))
+                episode_return += float(reward)
+                length += 1
+                done = terminated or truncated
+            returns.append(episode_return)
+            (bar.write if bar else print)(f"episode {episode + 1}: return {episode_return:.2f}, length {length}")
+    finally:
+        if video is not None:
+            bar.close()
+            video.close()
+        env.close()
+    print(f"mean return {np.mean(returns):.2f} ± {np.std(returns):.2f} over {episodes} episodes")
     if args.video:
-        try:
-            env.reset(seed=args.seed)
-            env.render()
-        except gym.error.DependencyNotInstalled as e:
-            print(f"error: cannot render {env_id}: {e}", file=sys.stderr)
-            sys.exit(2)
-    for episode in range(args.episodes):
-        obs, _ = env.reset(seed=args.seed + episode)
-        done, episode_return, length = False, 0.0, 0
-        while not done:
-            if args.video:
-                frames.append(env.render())
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            episode_return += float(reward)
-            length += 1
-            done = terminated or truncated
-        returns.append(episode_return)
-        print(f"episode {episode + 1}: return {episode_return:.2f}, length {length}")
-    env.close()
-    print(f"mean return {np.mean(returns):.2f} ± {np.std(returns):.2f} over {args.episodes} episodes")
-    if args.video:
-        os.makedirs(os.path.dirname(os.path.abspath(args.video)), exist_ok=True)
-        module.write_video(args.video, frames, env.metadata.get("render_fps", 30))
-        print(f"video: {args.video} ({len(frames)} frames)")
+        print(f"video: {args.video} ({frames} frames)")
 
 
 if __name__ == "__main__":

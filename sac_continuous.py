@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional
 
 import gymnasium as gym
+import imageio.v2 as imageio
 import numpy as np
 import torch
 import torch.nn as nn
@@ -72,9 +73,7 @@ def check_args(args: Args) -> None:  # hyperparameters that cannot work, caught 
     if args.batch_size > args.buffer_size:
         raise ArgError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
     if not 0 <= args.learning_starts < args.total_timesteps:
-        raise ArgError(
-            f"--learning-starts {args.learning_starts} must be in [0, --total-timesteps {args.total_timesteps})"
-        )
+        raise ArgError(f"--learning-starts must be in [0, --total-timesteps), got {args.learning_starts}")
     if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
         raise ArgError("--cudagraphs needs CUDA (and not --no-cuda)")
 
@@ -95,7 +94,7 @@ def tanh_gaussian(mean, log_std, noise, action_scale, action_bias) -> tuple[torc
     """a = bias + scale * tanh(u), u = mean + std * noise, all (B, A), and log p(a) (B,) in env units by the change of
     variables (Haarnoja et al. 2018, appendix C): log N(u; mean, std) - sum_i log(scale_i * (1 - tanh(u_i)^2))."""
     u = mean + log_std.exp() * noise
-    # log N(u; mean, std) = -noise^2/2 - log_std - log(2 pi)/2; log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), exact
+    # log N(u; mean, std) = -noise^2/2 - log_std - log(2 pi)/2; log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
     log_prob = (2.0 * (u + nn.functional.softplus(-2.0 * u)) - 0.5 * noise.pow(2) - log_std).sum(-1)
     constant = (0.5 * math.log(2 * math.pi) + 2.0 * math.log(2.0)) * mean.shape[-1] + torch.log(action_scale).sum()
     return action_bias + action_scale * torch.tanh(u), log_prob - constant
@@ -148,7 +147,7 @@ class QEnsemble(nn.Module):
             nn.init.uniform_(bias, -bound, bound)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
-        """detach_params: gradients reach the actions but not the weights (the actor's loss needs no critic gradient)."""
+        """detach_params: gradients reach the actions, not the weights (the actor's loss needs no critic gradient)."""
         x = torch.cat([obs, actions], -1).unsqueeze(0).expand(len(self.weights[0]), -1, -1)
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             if detach_params:
@@ -192,8 +191,8 @@ class ReplayBuffer:
 
 # ALGO LOGIC: losses (pure functions: tensors and networks in, losses out; --compile wraps them)
 def critic_loss(actor, qf, qf_target, alpha, gamma, obs, actions, rewards, next_obs, dones):
-    """Soft Bellman residual (Haarnoja et al. 2018b, eq. 5-6) summed over the critics; the target
-    r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(s'), bootstraps through truncations."""
+    """Soft Bellman residual (Haarnoja et al. 2018b, eq. 5-6) summed over the critics; the target bootstraps through
+    truncations: r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(s')."""
     with torch.no_grad():
         next_actions, next_log_pi = actor.sample(next_obs)
         next_q = qf_target(next_obs, next_actions).min(0).values - alpha * next_log_pi
@@ -233,7 +232,6 @@ def main() -> None:
     if args.compile or args.cudagraphs:  # the GPU path (LeanRL): fused kernels, and with CUDA graphs few launches
         mode = "reduce-overhead" if args.cudagraphs else None
         critic_loss_fn, actor_loss_fn = torch.compile(critic_loss, mode=mode), torch.compile(actor_loss, mode=mode)
-
     # what --resume restores besides the policy, the replay buffer and the step counters
     resume_objects = dict(qf=qf, qf_target=qf_target, q_optimizer=q_optimizer, actor_optimizer=actor_optimizer)
     resume_objects.update(temperature=nn.ParameterDict({"log_alpha": log_alpha}))
@@ -251,9 +249,9 @@ def main() -> None:
             else:
                 actions = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            # gymnasium >= 1.0 autoresets on the *next* step: an env whose episode ended on the previous call ignores its
-            # action and returns the first observation of a new episode; that step is not a transition: not stored. A
-            # truncated episode's next_obs is its true last one, stored with termination 0: the target bootstraps there.
+            # gymnasium >= 1.0 autoresets on the *next* step: an env whose episode ended on the previous call ignores
+            # its action and returns the first observation of a new episode; that step is not a transition: not stored.
+            # A truncated episode's next_obs is its true last one, stored with termination 0: the target bootstraps.
             real = ~autoreset
             rb.add(obs[real], actions[real], rewards[real], next_obs[real], terminations[real])
             obs, autoreset = next_obs, np.logical_or(terminations, truncations)
@@ -357,11 +355,11 @@ def resume_args(args_class, saved: dict, argv: list[str]):
     return args
 
 
-def check_ranges(args, positive=(), unit_interval=()) -> None:
+def check_ranges(args, positive=(), unit_interval=(), non_negative=()) -> None:
     """Options that must be > 0, >= 0 or in [0, 1] (each member of a tuple option); the common ones always."""
     common = ("torch_threads", "total_timesteps", "num_envs", "log_every", "eval_episodes", "checkpoint_every")
     rules = [(name, lambda v: v > 0, "positive") for name in common + positive]
-    rules += [(name, lambda v: v >= 0, ">= 0") for name in ("eval_every", "seed")]
+    rules += [(name, lambda v: v >= 0, ">= 0") for name in ("eval_every", "seed", *non_negative)]
     rules += [(name, lambda v: 0 <= v <= 1, "in [0, 1]") for name in unit_interval]
     for name, ok, text in rules:
         value = getattr(args, name)
@@ -385,7 +383,7 @@ def make_env(env_id: str, seed: int, render_mode: Optional[str] = None) -> Calla
 
 
 def configure_headless_rendering() -> None:
-    """Headless: MuJoCo renders through EGL, else OSMesa; pygame offscreen. Dependencies' harmless warnings: silenced."""
+    """Headless: MuJoCo renders through EGL, else OSMesa; pygame offscreen. Harmless warnings of dependencies: off."""
     warnings.filterwarnings(
         "ignore", message=".*(is out of date|Overriding environment).*"
     )  # -v4 tasks, re-registration
@@ -395,10 +393,9 @@ def configure_headless_rendering() -> None:
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     with contextlib.suppress(
         ImportError
-    ):  # MuJoCo's own warnings (not to MUJOCO_LOG.TXT), less HalfCheetah's settotalmass
-        __import__("mujoco").set_mju_user_warning(
-            lambda text: "settotalmass" in text or warnings.warn(f"MuJoCo: {text}")
-        )
+    ):  # MuJoCo's warnings (never to MUJOCO_LOG.TXT), less HalfCheetah's settotalmass
+        mujoco_warning = lambda text: "settotalmass" in text or warnings.warn(f"MuJoCo: {text}", stacklevel=2)
+        __import__("mujoco").set_mju_user_warning(mujoco_warning)
 
 
 def setup(args, vector_env=gym.vector.SyncVectorEnv) -> tuple:
@@ -453,12 +450,13 @@ def load_checkpoint(path: str) -> dict:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise next to our own message
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing, truncated, foreign or malicious files raise several types
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise CheckpointError(f"{path}: {e.strerror.lower()}") from None
+    except Exception as e:  # truncated, foreign or malicious files raise several types
         reason = str(e).strip().split(". ")[0] or type(e).__name__
         if "Unsupported global" in str(e) or "Weights only load failed" in str(e):
             reason = "it holds objects that would run code when unpickled; refused"
-        reason = (e.strerror or reason).lower() if isinstance(e, OSError) else f"not a loadable checkpoint ({reason})"
-        raise CheckpointError(f"{path}: {reason}") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
     keys = {"format_version", "algo", "env_id", "args", "policy", "policy_kwargs"}
     if not isinstance(checkpoint, dict) or not keys <= checkpoint.keys():
         raise CheckpointError(f"{path}: not a checkpoint of this project (a dict with {', '.join(sorted(keys))})")
@@ -480,32 +478,20 @@ def make_act_fn(policy: nn.Module, obs_rms: Optional[dict], device, deterministi
     return lambda obs: policy.act(as_batch(obs), deterministic)[0].cpu().numpy()
 
 
-def finite(*modules: nn.Module) -> bool:
-    return all(torch.isfinite(t).all() for module in modules for t in module.state_dict().values())
-
-
 def load_policy(checkpoint: dict, device: str = "cpu", deterministic: bool = True) -> Callable:
     """What enjoy.py calls: the policy of a checkpoint as a function of one observation."""
     policy = POLICY(**checkpoint["policy_kwargs"]).to(device)
     policy.load_state_dict(checkpoint["policy"])
-    if not finite(policy):
+    if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
         raise CheckpointError("the policy holds weights that are not finite (its run diverged); refused")
     return make_act_fn(policy.eval(), checkpoint.get("obs_rms"), torch.device(device), deterministic)
-
-
-def open_video(path: str, fps: int):
-    """A writer whose append_data(frame) streams frames to an .mp4 or .gif file: nothing is held in memory."""
-    import imageio.v2 as imageio  # only needed for videos
-
-    if path.endswith(".gif"):
-        return imageio.get_writer(path, mode="I", duration=1000 / fps, loop=0)
-    return imageio.get_writer(path, fps=fps, macro_block_size=1)
 
 
 def evaluate(act_fn: Callable, env: gym.Env, episodes: int, seed: int, video_path=None, stop=()):
     """Returns of act_fn's episodes (episode i starts from reset(seed=seed + i)); the first one's frames stream to
     video_path. None as soon as the list `stop` (a signal handler's) is not empty: the evaluation is abandoned."""
-    returns, video = [], open_video(video_path, env.metadata.get("render_fps", 30)) if video_path else None
+    returns, fps = [], env.metadata.get("render_fps", 30)
+    video = imageio.get_writer(video_path, fps=fps, macro_block_size=1) if video_path else None  # frames stream to it
     try:
         for episode in range(episodes):
             (obs, _), done = env.reset(seed=seed + episode), False
@@ -599,7 +585,8 @@ class Run:
                 best = load_checkpoint(os.path.join(ckpt_dir, "best.pt"))["resume_state"]["best_return"]
                 self.best_return = max(self.best_return, best)
             except (CheckpointError, KeyError) as e:
-                print(f"warning: best.pt is unreadable ({e}); the next better evaluation replaces it", file=sys.stderr)
+                print(f"warning: best.pt is unreadable ({e}); the next evaluation replaces it", file=sys.stderr)
+                self.best_return = -math.inf
         if self.buffer is not None:
             try:
                 self.buffer.load_state_dict(torch.load(os.path.join(ckpt_dir, state["buffer_file"]), weights_only=True))
@@ -626,14 +613,13 @@ class Run:
         """Logging, evaluation and checkpoints as they fall due in the last `stride` steps; stops on a signal or NaN."""
         args, step = self.args, self.global_step
         if crossed(step, args.log_every, stride):
-            values = {
-                name: torch.as_tensor(value).item() for name, value in metrics.items()
-            }  # syncs with the device: only here
+            # .item() syncs with the device: only here; metrics without a "/" are losses
+            values = {k if "/" in k else f"losses/{k}": torch.as_tensor(v).item() for k, v in metrics.items()}
             for name in [name for name, value in values.items() if not math.isfinite(value)][:1]:
                 raise Diverged(f"{name} is {values[name]} at step {step}")
             values["charts/SPS"] = int((step - self.start_step) / max(time.time() - self.start_time, 1e-9))
             for name, value in values.items():
-                self.writer.add_scalar(name if "/" in name else f"losses/{name}", value, step)
+                self.writer.add_scalar(name, value, step)
             self.writer.flush()  # what a killed run logged is on disk up to here
             self.show(f"{values['charts/SPS']} SPS")
         if (crossed(step, args.eval_every, stride) or last) and not self.stop_signal:
@@ -666,7 +652,8 @@ class Run:
 
     def save(self, name: str, with_buffer: bool = False) -> None:
         """checkpoints/<name>, never from weights that are not finite (the last good checkpoints stay as they were)."""
-        if not finite(self.policy, *(obj for obj in self.resume_objects.values() if isinstance(obj, nn.Module))):
+        modules = [self.policy, *(obj for obj in self.resume_objects.values() if isinstance(obj, nn.Module))]
+        if not all(torch.isfinite(t).all() for module in modules for t in module.state_dict().values()):
             raise Diverged(f"the weights are not finite at step {self.global_step}")
         os.makedirs(self.ckpt_dir, exist_ok=True)
         self.writer.flush()
@@ -698,10 +685,9 @@ class Run:
                 close()
         if self.args.track:
             __import__("wandb").finish(exit_code=0 if kind is None else 1)
-        if isinstance(error, Diverged):
-            fail(f"diverged: {error}; nothing was saved from it, the last good checkpoints are in {self.ckpt_dir}", 3)
-        if isinstance(error, CheckpointError):
-            fail(str(error))
+        if isinstance(error, (Diverged, CheckpointError)):  # one line, no traceback
+            diverged = f"diverged: {error}; nothing was saved from it, the last good checkpoints are in {self.ckpt_dir}"
+            fail(diverged if isinstance(error, Diverged) else str(error), 3 if isinstance(error, Diverged) else 2)
 
     def finish(self) -> None:
         self.save("final.pt")
