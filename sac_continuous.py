@@ -82,12 +82,9 @@ def check_args(args: Args) -> None:  # hyperparameters that cannot work, caught 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-def mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in hidden_sizes:
-        layers += [nn.Linear(in_dim, width), nn.ReLU()]
-        in_dim = width
-    return nn.Sequential(*layers)
+def mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:  # Linear-ReLU layers
+    dims = [in_dim, *hidden_sizes]
+    return nn.Sequential(*[layer for i, o in zip(dims, dims[1:]) for layer in (nn.Linear(i, o), nn.ReLU())])
 
 
 def tanh_gaussian(mean, log_std, noise, action_scale, action_bias) -> tuple[torch.Tensor, torch.Tensor]:
