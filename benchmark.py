@@ -3,12 +3,9 @@
     python benchmark.py --scripts sac_continuous.py td3_continuous.py --env-ids HalfCheetah-v4 Hopper-v4 \\
         --seeds 1 2 3 -- --total-timesteps 300000
 
-Arguments after `--` go to every run. Each run is its own process with one torch thread, in
+Arguments after `--` go to every run, as given; they are checked once against each script's Args before
+anything runs (a bad one: one line on stderr, exit status 2). Each run is its own process with one torch thread, in
 <runs-dir>/<env id>__<algo>[__<its arguments>]__<seed>, with its output in <runs-dir>/logs/<run>.log.
-The off-policy scripts update on two threads by default (--update-threads 2); where the runs at once leave a run
-fewer than two CPU cores (the cores divided by the runs at once: --workers, or fewer if fewer runs are to do; on
-Ray one CPU per task), they get --update-threads 1,
-unless it is given after `--`: a second thread without a core of its own gains nothing (and costs TD3 time).
 Running the same command again is safe: finished runs are skipped, interrupted ones continue from their
 checkpoints/latest.pt (the scripts' --resume), and a larger --total-timesteps extends finished runs.
 A failed run is reported with the end of its log and does not stop the others.
@@ -17,10 +14,12 @@ On a Ray cluster (pip install -r requirements-cluster.txt): --ray-address auto (
 run as a task that needs one CPU (or --gpus-per-run GPUs). Every node must see this directory at the same path
 and --runs-dir must be on storage that every node shares.
 """
+
 import argparse
 import ctypes
 import fcntl
 import hashlib
+import json
 import os
 import re
 import signal
@@ -43,7 +42,8 @@ FINISHED_ELSEWHERE = -1001  # exit status of a run that another benchmark proces
 
 
 def experiment_slug(extra: list[str]) -> str:
-    """A readable, canonical name for the arguments that define an experiment: --no-autotune --alpha 0.2 -> alpha=0.2_no-autotune.
+    """A readable, canonical name for the arguments that define an experiment:
+    --no-autotune --alpha 0.2 -> alpha=0.2_no-autotune.
     Arguments that a resumed run may change (the budget, devices, logging) are left out."""
     items, i = [], 0
     while i < len(extra):
@@ -75,26 +75,98 @@ def option_value(extra: list[str], name: str) -> Optional[str]:
     return None
 
 
-def cores_per_run(workers: int, ray: bool) -> int:
-    """The CPU cores each run may use: this process's cores shared among `workers` runs at once, or a Ray task's one CPU."""
-    if ray:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers)
+# Run in a child process by check_arguments (the parent imports neither torch nor the scripts): each script imported
+# as a module (the scripts train only under `if __name__ == "__main__"`), and its Args parsed by tyro from
+# benchmark.py's own arguments plus the ones after --, as a run's command line has them. Prints one JSON line: null,
+# or [script, "import" | "own" | "extra", message].
+CHECK_PROGRAM = r"""
+import contextlib, importlib.util, io, json, re, sys
+
+def tyro_message(text):
+    lines = [re.sub(r"\x1b\[[0-9;]*m|^[\s\u2500-\u257f]+|[\s\u2500-\u257f]+$", "", line) for line in text.splitlines()]
+    lines = [line for line in lines if line.strip("-=+|")]  # no box borders
+    if not lines:
+        return None
+    message = lines[1] if len(lines) > 1 else lines[0]  # under the box's title (Unrecognized options, Value error, ...)
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("Perhaps you meant"):
+            message += f" (perhaps you meant {lines[i + 1].split()[0]})"
+            break
+    return message
+
+def parse(args_cls, argv):
+    import tyro
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            tyro.cli(args_cls, args=argv)
+    except SystemExit as e:
+        if e.code == 0:  # -h/--help: the help, and no training
+            return "-h/--help prints the script's help and trains nothing"
+        return tyro_message(out.getvalue()) or f"tyro exited with status {e.code}"
+    return None
+
+scripts, own, extra = json.loads(sys.argv[1])
+result = None
+for i, script in enumerate(scripts):
+    name = f"_benchmark_check_{i}"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # tyro reads the help of Args through inspect, which looks its module up here
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            spec.loader.exec_module(module)
+    except BaseException as e:
+        result = [script, "import", f"{type(e).__name__}: {e}".splitlines()[0]]
+        break
+    if not hasattr(module, "Args"):  # not a script of this project: nothing to check against
+        continue
+    error = parse(module.Args, [*own, *extra])
+    if error is not None:
+        result = [script, "own" if parse(module.Args, own) is not None else "extra", error]
+        break
+print(json.dumps(result))
+"""
 
 
-def declares(script: str, field: str) -> bool:
-    """Whether a script's arguments include `field` (an Args attribute such as update_threads), read from its source."""
-    with open(script) as f:
-        return re.search(rf"^\s+{field}:", f.read(), re.MULTILINE) is not None
-
-
-def run_arguments(script: str, extra: list[str], cores: int) -> list[str]:
-    """The arguments after `--` as a run of `script` gets them: with --update-threads 1 added where it has fewer
-    than two cores and the script has that option (the user's own value wins)."""
-    if cores < 2 and declares(script, "update_threads") and option_value(extra, "--update-threads") is None:
-        return [*extra, "--update-threads", "1"]
-    return extra
+def check_arguments(scripts: list[str], env_id: str, seed: int, runs_dir: str, extra: list[str]) -> Optional[str]:
+    """One line naming the first problem of the arguments after -- for any of `scripts` (read from each script's
+    Args when it is checked, so the check follows the scripts as they change), or None: checked once, in one child
+    process, before any run starts, rather than by every run failing."""
+    own = ["--env-id", env_id, "--seed", str(seed), "--runs-dir", runs_dir, "--run-name", "check", "--no-progress-bar"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "10000"}  # no wrapped error lines
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", CHECK_PROGRAM, json.dumps([scripts, own, extra])],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            timeout=600,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as e:
+        detail = (
+            "it took over 10 minutes"
+            if isinstance(e, subprocess.TimeoutExpired)
+            else (out.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+        print(
+            f"warning: could not check the arguments after -- against the scripts ({detail}); "
+            "the runs will report any bad one",
+            file=sys.stderr,
+        )
+        return None
+    if result is None:
+        return None
+    script, kind, message = result
+    name = os.path.relpath(script, ROOT) if script.startswith(ROOT + os.sep) else script  # as --scripts names it
+    if kind == "import":
+        return f"cannot import {name}: {message}"
+    if kind == "own":
+        return f"{name} does not take the arguments benchmark.py gives every run ({' '.join(own[::2])}): {message}"
+    return f"the arguments after -- are not valid for {name}: {message}"
 
 
 @dataclass
@@ -132,7 +204,10 @@ class Run:
         below the budget and no latest.pt to extend it from: never deleted, reported)."""
         ckpt = os.path.join(self.run_dir, "checkpoints")
         final = os.path.exists(os.path.join(ckpt, "final.pt"))
-        if final and (self.total_timesteps is None or saved_total_timesteps(os.path.join(ckpt, "final.pt")) >= self.total_timesteps):
+        if final and (
+            self.total_timesteps is None
+            or saved_total_timesteps(os.path.join(ckpt, "final.pt")) >= self.total_timesteps
+        ):
             return "done"
         if os.path.exists(os.path.join(ckpt, "latest.pt")):
             return "resume"
@@ -140,9 +215,26 @@ class Run:
 
     def command(self, status: str) -> list[str]:
         if status == "resume":
-            return [self.script, "--resume", os.path.join(self.run_dir, "checkpoints", "latest.pt"), "--no-progress-bar", *self.extra]
-        return [self.script, "--env-id", self.env_id, "--seed", str(self.seed), "--runs-dir", self.runs_dir,
-                "--run-name", self.name, "--no-progress-bar", *self.extra]
+            return [
+                self.script,
+                "--resume",
+                os.path.join(self.run_dir, "checkpoints", "latest.pt"),
+                "--no-progress-bar",
+                *self.extra,
+            ]
+        return [
+            self.script,
+            "--env-id",
+            self.env_id,
+            "--seed",
+            str(self.seed),
+            "--runs-dir",
+            self.runs_dir,
+            "--run-name",
+            self.name,
+            "--no-progress-bar",
+            *self.extra,
+        ]
 
 
 def saved_total_timesteps(path: str) -> int:
@@ -151,7 +243,9 @@ def saved_total_timesteps(path: str) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["args"]["total_timesteps"])
 
 
-def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = None, stop_file: Optional[str] = None) -> int:
+def execute(
+    run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = None, stop_file: Optional[str] = None
+) -> int:
     """Run one run to its end (here, or inside a Ray task) and return its exit status.
 
     A lock file keeps two benchmark processes from running the same run, and what to do (skip, resume or start)
@@ -175,8 +269,10 @@ def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = N
             return FINISHED_ELSEWHERE
         with open(run.log_path, "a") as log:
             if status == "stuck":
-                log.write(f"{run.run_dir} has a final.pt below the requested --total-timesteps and no latest.pt to extend it from; "
-                          "move it away to train it again\n")
+                log.write(
+                    f"{run.run_dir} has a final.pt below the requested --total-timesteps "
+                    "and no latest.pt to extend it from; move it away to train it again\n"
+                )
                 return 1
             if status == "new" and os.path.isdir(run.run_dir):
                 shutil.rmtree(run.run_dir)
@@ -189,8 +285,15 @@ def execute(run: Run, on_start: Optional[Callable[[subprocess.Popen], None]] = N
             except (AttributeError, OSError):
                 prctl = None
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True, preexec_fn=(lambda: prctl(1, signal.SIGTERM)) if prctl else None)
+            proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=(lambda: prctl(1, signal.SIGTERM)) if prctl else None,
+            )
             if on_start is not None:
                 on_start(proc)
             try:
@@ -266,7 +369,9 @@ class Progress:
         self.stream.flush()
 
 
-def run_local(todo: list[Run], workers: int, progress: Progress, stop: threading.Event, force: threading.Event) -> dict[str, int]:
+def run_local(
+    todo: list[Run], workers: int, progress: Progress, stop: threading.Event, force: threading.Event
+) -> dict[str, int]:
     procs: dict[str, subprocess.Popen] = {}
     results: dict[str, int] = {}
     lock = threading.Lock()
@@ -308,8 +413,15 @@ def run_local(todo: list[Run], workers: int, progress: Progress, stop: threading
     return results
 
 
-def run_ray(todo: list[Run], address: str, gpus_per_run: float, progress: Progress, stop: threading.Event, force: threading.Event,
-            install_signal_handlers: Callable[[], None]) -> dict[str, int]:
+def run_ray(
+    todo: list[Run],
+    address: str,
+    gpus_per_run: float,
+    progress: Progress,
+    stop: threading.Event,
+    force: threading.Event,
+    install_signal_handlers: Callable[[], None],
+) -> dict[str, int]:
     if not todo:
         return {}
     import ray
@@ -319,7 +431,9 @@ def run_ray(todo: list[Run], address: str, gpus_per_run: float, progress: Progre
     task = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)(execute)
     submitted = time.time()
     # on the shared storage: created to stop the runs, beside Ray's cancellation, which a task can miss
-    stop_file = os.path.join(os.path.dirname(todo[0].log_path), f".stop-{os.uname().nodename}-{os.getpid()}-{int(submitted)}")
+    stop_file = os.path.join(
+        os.path.dirname(todo[0].log_path), f".stop-{os.uname().nodename}-{os.getpid()}-{int(submitted)}"
+    )
     refs = {task.remote(run, stop_file=stop_file): run for run in todo}
     for run in todo:
         progress.state[run.name] = "submitted"
@@ -340,14 +454,20 @@ def run_ray(todo: list[Run], address: str, gpus_per_run: float, progress: Progre
                 run = refs.pop(ref)
                 try:
                     results[run.name] = ray.get(ref)
-                except ray.exceptions.RayError as e:  # cancelled, the task raised, its worker or node died, out of memory
+                except (
+                    ray.exceptions.RayError
+                ) as e:  # cancelled, the task raised, its worker or node died, out of memory
                     results[run.name] = -signal.SIGTERM if cancelled else 1
                     if not cancelled:
                         with open(run.log_path, "a") as log:
                             log.write(f"ray task failed: {type(e).__name__}: {e}\n")
                 progress.state[run.name] = describe(results[run.name])
             for run in refs.values():  # a task has started once it writes to its run's log
-                if progress.state[run.name] == "submitted" and os.path.exists(run.log_path) and os.path.getmtime(run.log_path) >= submitted - 1:
+                if (
+                    progress.state[run.name] == "submitted"
+                    and os.path.exists(run.log_path)
+                    and os.path.getmtime(run.log_path) >= submitted - 1
+                ):
                     progress.state[run.name] = "running"
             progress.draw()
     finally:
@@ -372,22 +492,36 @@ def describe(rc: int) -> str:
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     extra: list[str] = []
     if "--" in argv:
-        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1:]
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Arguments after -- go to every run.",
-                                usage="%(prog)s --scripts S [S ...] --env-ids E [E ...] --seeds N [N ...] [options] [-- script arguments]")
-    p.add_argument("--scripts", nargs="+", required=True, help="training scripts, e.g. sac_continuous.py ppo_continuous.py")
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Arguments after -- go to every run.",
+        usage="%(prog)s --scripts S [S ...] --env-ids E [E ...] --seeds N [N ...] [options] [-- script arguments]",
+    )
+    p.add_argument(
+        "--scripts", nargs="+", required=True, help="training scripts, e.g. sac_continuous.py ppo_continuous.py"
+    )
     p.add_argument("--env-ids", nargs="+", required=True, help="gymnasium env ids")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
     p.add_argument("--runs-dir", default="runs", help="where the run directories go (shared storage with Ray)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at once on this machine (default: CPU cores; where the runs at once leave each "
-                   "fewer than two cores, off-policy runs get --update-threads 1)")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="runs at once on this machine (default: CPU cores)"
+    )
     p.add_argument("--ray-address", default=None, help="run on this Ray cluster (auto, host:port or ray://host:port)")
     p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each Ray task asks for (default 0)")
-    p.add_argument("--refresh", type=float, default=None, help="seconds between progress updates (default: 2 on a terminal, 60 otherwise)")
+    p.add_argument(
+        "--refresh",
+        type=float,
+        default=None,
+        help="seconds between progress updates (default: 2 on a terminal, 60 otherwise)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would run and stop")
     args = p.parse_args(argv)
     # tyro takes --total_timesteps as well as --total-timesteps: one spelling, so that the checks below see it
-    extra = [re.sub(r"^--([^=]*)", lambda m: "--" + m.group(1).replace("_", "-"), t) if t.startswith("--") else t for t in extra]
+    extra = [
+        re.sub(r"^--([^=]*)", lambda m: "--" + m.group(1).replace("_", "-"), t) if t.startswith("--") else t
+        for t in extra
+    ]
     if args.workers < 1:
         p.error(f"--workers must be at least 1, got {args.workers}")
     if args.gpus_per_run < 0:
@@ -402,8 +536,6 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             p.error(f"no such script: {script}")
     if len(set(args.seeds)) < len(args.seeds):
         p.error("--seeds has duplicates")
-    if option_value(extra, "--total-timesteps") is not None and not option_value(extra, "--total-timesteps").isdigit():
-        p.error("--total-timesteps after -- must be a whole number")
     return args, extra
 
 
@@ -412,19 +544,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs_dir = os.path.abspath(args.runs_dir)
     scripts = [os.path.abspath(s if os.path.isfile(s) else os.path.join(ROOT, s)) for s in args.scripts]
     runs: dict[str, Run] = {}
-    for run in (Run(script, env_id, seed, extra, runs_dir) for script in dict.fromkeys(scripts) for env_id in dict.fromkeys(args.env_ids) for seed in args.seeds):
+    for run in (
+        Run(script, env_id, seed, extra, runs_dir)
+        for script in dict.fromkeys(scripts)
+        for env_id in dict.fromkeys(args.env_ids)
+        for seed in args.seeds
+    ):
         if run.name in runs:  # two scripts with one algo name (sac.py, x/sac_continuous.py) would share directories
-            print(f"error: {runs[run.name].script} and {run.script} both give run {run.name}; rename one", file=sys.stderr)
+            print(
+                f"error: {runs[run.name].script} and {run.script} both give run {run.name}; rename one", file=sys.stderr
+            )
             return 2
         runs[run.name] = run
+    # the arguments after --, once, before any run starts (also with --dry-run): not every run failing on them
+    error = check_arguments(list(dict.fromkeys(scripts)), args.env_ids[0], args.seeds[0], runs_dir, extra)
+    budget = option_value(extra, "--total-timesteps")
+    if error is None and budget is not None and not budget.isdigit():
+        error = f"--total-timesteps after -- must be a whole number, got {budget}"
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     statuses = {name: run.status() for name, run in runs.items()}
     todo = [run for name, run in runs.items() if statuses[name] != "done"]
-    cores = cores_per_run(max(1, min(args.workers, len(todo))), ray=args.ray_address is not None)
-    for run in todo:  # the option is not part of a run's name
-        run.extra = run_arguments(run.script, extra, cores)
     counts = {s: list(statuses.values()).count(s) for s in ("done", "resume", "new", "stuck")}
-    print(f"{len(runs)} runs in {runs_dir}: {counts['done']} finished already, {counts['resume']} to resume, {counts['new']} to start"
-          + (f", {counts['stuck']} with a final.pt below the budget and no latest.pt" if counts["stuck"] else ""))
+    print(
+        f"{len(runs)} runs in {runs_dir}: {counts['done']} finished already, "
+        f"{counts['resume']} to resume, {counts['new']} to start"
+        + (f", {counts['stuck']} with a final.pt below the budget and no latest.pt" if counts["stuck"] else "")
+    )
     if args.dry_run:
         for run in todo:
             print(f"{statuses[run.name]:<7} {' '.join(run.command(statuses[run.name]))}")
@@ -437,8 +584,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"\nsignal {signum} again: killing the runs without waiting for their checkpoints", file=sys.stderr)
             force.set()
             return
-        print(f"\nsignal {signum}: stopping the runs (each saves checkpoints/latest.pt; again to kill them); "
-              "run the same command again to resume", file=sys.stderr)
+        print(
+            f"\nsignal {signum}: stopping the runs (each saves checkpoints/latest.pt; again to kill them); "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
         stop.set()
 
     def install_signal_handlers():
@@ -458,7 +608,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\nsummary ({time.time() - start:.0f} s):")
     failed = []
     for run in runs.values():
-        state = "skipped (finished before)" if statuses[run.name] == "done" else describe(results.get(run.name, -signal.SIGTERM))
+        state = (
+            "skipped (finished before)"
+            if statuses[run.name] == "done"
+            else describe(results.get(run.name, -signal.SIGTERM))
+        )
         log = EventLog(run.run_dir).reload()
         evals = log.scalars.get("eval/return_mean", {})
         final = f"final eval {evals[max(evals)]:9.1f}  best {max(evals.values()):9.1f}" if evals else ""

@@ -17,7 +17,17 @@ import tyro
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CANDIDATES = ("best.pt", "final.pt", "latest.pt")
-POLICY_KEYS = ("format_version", "algo", "env_id", "run_name", "args", "global_step", "policy_kwargs", "policy", "obs_rms")
+POLICY_KEYS = (
+    "format_version",
+    "algo",
+    "env_id",
+    "run_name",
+    "args",
+    "global_step",
+    "policy_kwargs",
+    "policy",
+    "obs_rms",
+)
 
 
 @dataclass
@@ -100,7 +110,9 @@ def main() -> None:
         if args.episodes is not None and args.episodes <= 0:
             raise EnjoyError(f"--episodes must be positive, got {args.episodes}")
         if args.render == "human" and args.video is not None:
-            raise EnjoyError("--render human and --video exclude each other (a window's frames are not returned); choose one")
+            raise EnjoyError(
+                "--render human and --video exclude each other (a window's frames are not returned); choose one"
+            )
         if args.render == "human" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise EnjoyError("--render human needs a display; use --video out.mp4 to watch it headless")
         for path, suffixes in ((args.video, (".mp4", ".gif")), (args.export, (".pt",))):
@@ -121,8 +133,10 @@ def main() -> None:
             raise EnjoyError(f"cannot make or render env {env_id!r}: {e}") from None
         kwargs = checkpoint["policy_kwargs"]
         if env.observation_space.shape != (kwargs["obs_dim"],) or env.action_space.shape != (kwargs["act_dim"],):
-            raise EnjoyError(f"{env_id} has observations {env.observation_space.shape} and actions {env.action_space.shape}; "
-                             f"the policy was trained for ({kwargs['obs_dim']},) and ({kwargs['act_dim']},)")
+            raise EnjoyError(
+                f"{env_id} has observations {env.observation_space.shape} and actions {env.action_space.shape}; "
+                f"the policy was trained for ({kwargs['obs_dim']},) and ({kwargs['act_dim']},)"
+            )
         act = module.load_policy(checkpoint, args.device, deterministic=not args.stochastic)
     except EnjoyError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -139,17 +153,20 @@ def main() -> None:
     saved = checkpoint["args"]
     episodes = args.episodes or saved.get("eval_episodes", 10)
     seed = args.seed if args.seed is not None else saved["seed"] + module.EVAL_SEED
-    print(f"{path}: {checkpoint['algo']} on {env_id}, step {checkpoint['global_step']}, "
-          f"{'stochastic' if args.stochastic else 'deterministic'} policy, {episodes} episodes from seed {seed}")
+    print(
+        f"{path}: {checkpoint['algo']} on {env_id}, step {checkpoint['global_step']}, "
+        f"{'stochastic' if args.stochastic else 'deterministic'} policy, {episodes} episodes from seed {seed}"
+    )
     video, bar = None, None
     if args.video:  # frames stream to the file; software rendering is slow (about 10 frames a second): a progress bar
-        from tqdm import tqdm
-
         import imageio.v2 as imageio
+        from tqdm import tqdm
 
         fps = env.metadata.get("render_fps", 30)
         gif = args.video.endswith(".gif")
-        video = imageio.get_writer(args.video, **(dict(mode="I", duration=1000 / fps, loop=0) if gif else dict(fps=fps, macro_block_size=1)))
+        video = imageio.get_writer(
+            args.video, **(dict(mode="I", duration=1000 / fps, loop=0) if gif else dict(fps=fps, macro_block_size=1))
+        )
         total = episodes * (env.spec.max_episode_steps or 1000)
         bar = tqdm(total=total, unit="frame", leave=False, disable=not sys.stderr.isatty())
     returns, frames = [], 0

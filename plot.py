@@ -9,6 +9,7 @@ the runs by env id and script (exp_name) plus any --group-by arguments, and draw
 eval/return_mean against environment steps with a shaded band. It writes <metric>.png (and .svg with --svg)
 and <metric>.md: the final and the best evaluation of each group as mean ± std over seeds.
 """
+
 import argparse
 import csv
 import math
@@ -22,10 +23,36 @@ from typing import Optional
 import numpy as np
 
 # the arguments that a resumed run may change (the scripts' resume_args): the budget, devices, logging
-RESUMABLE = {"total_timesteps", "cuda", "torch_threads", "update_threads", "compile", "cudagraphs", "track", "progress_bar",
-             "log_every", "eval_every", "checkpoint_every", "capture_video", "save_buffer", "vector_mode"}
+RESUMABLE = {
+    "total_timesteps",
+    "cuda",
+    "torch_threads",
+    "compile",
+    "cudagraphs",
+    "track",
+    "progress_bar",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "capture_video",
+    "save_buffer",
+    "vector_mode",
+}
 # arguments that do not change what is learned: runs that differ only in these are seeds of one experiment
-NOT_HYPERPARAMETERS = RESUMABLE | {"seed", "run_name", "runs_dir", "resume", "wandb_project_name", "wandb_entity", "torch_deterministic"}
+# (update_threads: an option of older off-policy scripts, logged by their runs; how many threads ran the update)
+NOT_HYPERPARAMETERS = RESUMABLE | {
+    "seed",
+    "run_name",
+    "runs_dir",
+    "resume",
+    "wandb_project_name",
+    "wandb_entity",
+    "torch_deterministic",
+    "update_threads",
+}
+# options the scripts no longer have, and the value that their runs, which do not log them, ran with: older runs
+# that log that value are of one experiment with them (--assume overrides)
+REMOVED = {"precision": "float32"}
 REFERENCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "reference_returns.csv")
 
 
@@ -80,7 +107,8 @@ class EventLog:
 
     @property
     def wall_time(self) -> float:
-        """Seconds spent writing this run (up to max_step), summed over its processes: a resumed run's downtime is not counted."""
+        """Seconds spent writing this run (up to max_step), summed over its processes:
+        a resumed run's downtime is not counted."""
         total = 0.0
         for walls in self.walls.values():
             within = [w for w, s in walls if self.max_step is None or s <= self.max_step]
@@ -148,7 +176,10 @@ def group_runs(logs: list[EventLog], group_by: list[str], assume: dict[str, str]
         log.hparams = {**{k: v for k, v in (assume or {}).items() if k in script_args[name]}, **log.hparams}
     for g in group_by:  # a script without the argument (TD3 has no alpha) just does not split on it
         if logs and not any(g in log.hparams for log in logs):
-            raise KeyError(f"no run has an argument {g}; the arguments are: {', '.join(sorted(set().union(*(log.hparams for log in logs))))}")
+            raise KeyError(
+                f"no run has an argument {g}; "
+                f"the arguments are: {', '.join(sorted(set().union(*(log.hparams for log in logs))))}"
+            )
     groups: dict[tuple[str, str], Group] = {}
     for log in logs:
         h = log.hparams
@@ -156,16 +187,27 @@ def group_runs(logs: list[EventLog], group_by: list[str], assume: dict[str, str]
             warn(f"{log.run_dir}: no hyperparameters logged (not a run of this project?); skipped")
             continue
         name = h.get("exp_name", "?")
-        label = " ".join([name] + [f"{g}={h.get(g, '(not logged)')}" for g in group_by if g != "exp_name" and g in script_args[name]])
+        label = " ".join(
+            [name] + [f"{g}={h.get(g, '(not logged)')}" for g in group_by if g != "exp_name" and g in script_args[name]]
+        )
         groups.setdefault((h["env_id"], label), Group(h["env_id"], label)).runs.append(log)
     for g in groups.values():  # runs that differ in a hyperparameter are not seeds of one experiment: say so
-        differing = sorted(k for k in set().union(*(r.hparams for r in g.runs)) - NOT_HYPERPARAMETERS - set(group_by)
-                           if len({r.hparams.get(k) for r in g.runs}) > 1)
+        differing = sorted(
+            k
+            for k in set().union(*(r.hparams for r in g.runs)) - NOT_HYPERPARAMETERS - set(group_by)
+            if len({r.hparams.get(k) for r in g.runs}) > 1
+        )
         if differing:
-            warn(f"{g.env_id} / {g.label}: runs differ in {', '.join(differing)}; pass --group-by {' '.join(differing)} to separate them")
+            warn(
+                f"{g.env_id} / {g.label}: runs differ in {', '.join(differing)}; "
+                f"pass --group-by {' '.join(differing)} to separate them"
+            )
         seeds = [r.hparams.get("seed") for r in g.runs]
         if len(set(seeds)) < len(seeds):
-            warn(f"{g.env_id} / {g.label}: several runs with the same seed ({', '.join(sorted(set(s for s in seeds if seeds.count(s) > 1)))})")
+            warn(
+                f"{g.env_id} / {g.label}: several runs with the same seed "
+                f"({', '.join(sorted(set(s for s in seeds if seeds.count(s) > 1)))})"
+            )
     return sorted(groups.values(), key=lambda g: (g.env_id, g.label))
 
 
@@ -185,7 +227,9 @@ def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], ci: bool = False, n_b
         weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot) / n
         low, high = np.empty_like(mean), np.empty_like(mean)
         for i in range(0, len(steps), 1024):
-            low[i:i + 1024], high[i:i + 1024] = np.percentile(weights @ values[:, i:i + 1024], [2.5, 97.5], axis=0)
+            low[i : i + 1024], high[i : i + 1024] = np.percentile(
+                weights @ values[:, i : i + 1024], [2.5, 97.5], axis=0
+            )
     else:
         std = values.std(axis=0, ddof=1) if n > 1 else np.zeros_like(mean)
         low, high = mean - std, mean + std
@@ -202,9 +246,20 @@ def summarize(groups: list[Group], tag: str) -> list[dict]:
         finals = np.array([r.curve(tag)[1][-1] for r in runs])
         bests = np.array([r.curve(tag)[1].max() for r in runs])
         steps = [int(r.curve(tag)[0][-1]) for r in runs]
-        rows.append({"env_id": g.env_id, "group": g.label, "seeds": len(runs),
-                     "final_mean": finals.mean(), "final_std": sample_std(finals), "best_mean": bests.mean(), "best_std": sample_std(bests),
-                     "steps_min": min(steps), "steps_max": max(steps), "wall_time": float(np.mean([r.wall_time for r in runs]))})
+        rows.append(
+            {
+                "env_id": g.env_id,
+                "group": g.label,
+                "seeds": len(runs),
+                "final_mean": finals.mean(),
+                "final_std": sample_std(finals),
+                "best_mean": bests.mean(),
+                "best_std": sample_std(bests),
+                "steps_min": min(steps),
+                "steps_max": max(steps),
+                "wall_time": float(np.mean([r.wall_time for r in runs])),
+            }
+        )
     return rows
 
 
@@ -220,8 +275,10 @@ def markdown_table(rows: list[dict], tag: str) -> str:
     out = [f"| env | group | seeds | final {tag} | best {tag} | env steps | wall time per run |", "|-|-|-|-|-|-|-|"]
     for r in rows:
         steps = f"{r['steps_min']:,}" if r["steps_min"] == r["steps_max"] else f"{r['steps_min']:,}–{r['steps_max']:,}"
-        out.append(f"| {r['env_id']} | {r['group']} | {r['seeds']} | {mean_std(r['final_mean'], r['final_std'])} "
-                   f"| {mean_std(r['best_mean'], r['best_std'])} | {steps} | {r['wall_time'] / 60:.1f} min |")
+        out.append(
+            f"| {r['env_id']} | {r['group']} | {r['seeds']} | {mean_std(r['final_mean'], r['final_std'])} "
+            f"| {mean_std(r['best_mean'], r['best_std'])} | {steps} | {r['wall_time'] / 60:.1f} min |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -269,48 +326,115 @@ def make_figure(groups: list[Group], tag: str, ci: bool = False, references: lis
             if not len(steps):
                 warn(f"{env_id} / {g.label}: its seeds share no range of steps (one still at its start?); not drawn")
                 continue
-            ax.plot(steps, mean, color=colors[g.label], label=f"{g.label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            ax.plot(
+                steps, mean, color=colors[g.label], label=f"{g.label} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+            )
             ax.fill_between(steps, low, high, color=colors[g.label], alpha=0.2, linewidth=0)
             xmax = max(xmax, int(steps[-1]))
         algos = {algo_of(g.label) for g in groups if g.env_id == env_id}
-        for ref in references or []:  # for each plotted algorithm and source: its largest budget up to 1.1x this panel's
+        for ref in (
+            references or []
+        ):  # for each plotted algorithm and source: its largest budget up to 1.1x this panel's
             if ref["env_id"] != env_id or ref["algo"] not in algos or ref["steps"] > 1.1 * xmax:
                 continue
             key = (ref["algo"], short_source(ref["source"]))
-            if ref["steps"] != max(r["steps"] for r in references if (r["env_id"], r["algo"], short_source(r["source"])) == (env_id, *key)
-                                   and r["steps"] <= 1.1 * xmax):
+            if ref["steps"] != max(
+                r["steps"]
+                for r in references
+                if (r["env_id"], r["algo"], short_source(r["source"])) == (env_id, *key) and r["steps"] <= 1.1 * xmax
+            ):
                 continue
             color = next(colors[lab] for lab in labels if algo_of(lab) == ref["algo"])
-            ax.axhline(ref["return"], color=color, linestyle=(0, dashes[sources.index(key[1]) % len(dashes)]), linewidth=1.2,
-                       gid="reference", label=f"{ref['algo']}, {key[1]} @ {format_steps(ref['steps'])}: {ref['return']:.0f}")
+            ax.axhline(
+                ref["return"],
+                color=color,
+                linestyle=(0, dashes[sources.index(key[1]) % len(dashes)]),
+                linewidth=1.2,
+                gid="reference",
+                label=f"{ref['algo']}, {key[1]} @ {format_steps(ref['steps'])}: {ref['return']:.0f}",
+            )
         ax.set_title(env_id)
         ax.set_xlabel("environment steps")
         ax.xaxis.set_major_formatter(lambda x, _: format_steps(x))
         ax.set_ylabel(tag)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    for ax in list(axes.flat)[len(envs):]:
+    for ax in list(axes.flat)[len(envs) :]:
         ax.remove()
     fig.suptitle(f"mean over seeds; band: {'95% bootstrap interval of the mean' if ci else '± sample std'}", fontsize=9)
     fig.tight_layout()
     return fig
 
 
+def output_problem(out: str, files: list[str]) -> Optional[str]:
+    """Why the output directory `out` or the `files` in it cannot be written, or None: found before any work."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out} is a file; it names the directory that the figure and the table go into"
+    for path in files:
+        if os.path.isdir(path):
+            return (
+                f"{path} is a directory; it is the file plot.py would write "
+                "(move it away, or pass another --out or --name)"
+            )
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            return f"{path} is not writable"
+    directory = os.path.dirname(os.path.abspath(files[0]))  # --out, or a folder of it that --name names
+    existing = directory
+    while not os.path.exists(existing):  # the nearest folder that exists: the rest is created under it
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"--out {out} cannot be created: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"--out {out} is not writable ({existing} is read-only to this user)"
+            if existing == directory
+            else f"--out {out} cannot be created: {existing} is read-only to this user"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("paths", nargs="+", help="run directories, or directories that hold them (searched recursively)")
     p.add_argument("--out", default="plots", help="output directory")
     p.add_argument("--metric", default="eval/return_mean", help="the scalar tag to plot")
-    p.add_argument("--group-by", nargs="*", default=[], metavar="ARG",
-                   help="script arguments (as in the run's hyperparameters, e.g. alpha num_envs) that separate lines")
-    p.add_argument("--assume", nargs="*", default=[], metavar="ARG=VALUE",
-                   help="runs that do not log ARG (written by a script version before it had the option) ran with VALUE")
+    p.add_argument(
+        "--group-by",
+        nargs="*",
+        default=[],
+        metavar="ARG",
+        help="script arguments (as in the run's hyperparameters, e.g. alpha num_envs) that separate lines",
+    )
+    p.add_argument(
+        "--assume",
+        nargs="*",
+        default=[],
+        metavar="ARG=VALUE",
+        help="runs that do not log ARG (written by a script version before it had the option) ran with VALUE",
+    )
     p.add_argument("--env-ids", nargs="*", default=None, help="only these envs")
-    p.add_argument("--match", default=None, metavar="REGEX", help="only runs whose directory name matches this regular expression")
-    p.add_argument("--max-step", type=int, default=None, help="cut the curves at this many environment steps (the budget of the table)")
-    p.add_argument("--ci", action="store_true", help="band: 95%% bootstrap confidence interval of the mean instead of ± std")
-    p.add_argument("--reference", nargs="?", const=REFERENCE_FILE, default=None, metavar="CSV",
-                   help=f"draw published returns as dashed lines (default data: {os.path.relpath(REFERENCE_FILE)})")
+    p.add_argument(
+        "--match", default=None, metavar="REGEX", help="only runs whose directory name matches this regular expression"
+    )
+    p.add_argument(
+        "--max-step",
+        type=int,
+        default=None,
+        help="cut the curves at this many environment steps (the budget of the table)",
+    )
+    p.add_argument(
+        "--ci", action="store_true", help="band: 95%% bootstrap confidence interval of the mean instead of ± std"
+    )
+    p.add_argument(
+        "--reference",
+        nargs="?",
+        const=REFERENCE_FILE,
+        default=None,
+        metavar="CSV",
+        help=f"draw published returns as dashed lines (default data: {os.path.relpath(REFERENCE_FILE)})",
+    )
     p.add_argument("--svg", action="store_true", help="also write an SVG")
     p.add_argument("--name", default=None, help="file name stem of the figure (default: from the metric)")
     args = p.parse_args(argv)
@@ -318,7 +442,18 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in a for a in args.assume):
         print(f"error: --assume takes ARG=VALUE, got {' '.join(args.assume)}", file=sys.stderr)
         return 2
-    assumed = {key.replace("-", "_"): value for key, value in (a.split("=", 1) for a in args.assume)}
+    assumed = {**REMOVED, **{key.replace("-", "_"): value for key, value in (a.split("=", 1) for a in args.assume)}}
+    stem = args.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", args.metric)
+    outputs = [os.path.join(args.out, f"{stem}.{ext}") for ext in (["png", "svg"] if args.svg else ["png"]) + ["md"]]
+    problem = output_problem(args.out, outputs)
+    if problem is None and args.match is not None:
+        try:
+            re.compile(args.match)
+        except re.error as e:
+            problem = f"--match {args.match!r} is not a valid regular expression: {e}"
+    if problem is not None:  # before reading any run
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     try:
         runs = find_runs(args.paths)
@@ -345,21 +480,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     if args.ci and min(len(g.curves(args.metric)) for g in groups) < 5:
-        warn("with fewer than 5 seeds a bootstrap interval is coarse (2 seeds give 3 possible means); read it as a rough band")
-    os.makedirs(args.out, exist_ok=True)
-    stem = args.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", args.metric)
+        warn(
+            "with fewer than 5 seeds a bootstrap interval is coarse (2 seeds give 3 possible means); "
+            "read it as a rough band"
+        )
     fig = make_figure(groups, args.metric, ci=args.ci, references=references)
-    written = [os.path.join(args.out, f"{stem}.png")]
-    fig.savefig(written[0], dpi=110)
-    if args.svg:
-        written.append(os.path.join(args.out, f"{stem}.svg"))
-        fig.savefig(written[-1])
     table = markdown_table(summarize(groups, args.metric), args.metric)
-    written.append(os.path.join(args.out, f"{stem}.md"))
-    with open(written[-1], "w") as f:
-        f.write(table)
+    try:  # checked above; what no check foresees (a full disk, the directory removed meanwhile) is still one line
+        os.makedirs(os.path.dirname(outputs[0]) or ".", exist_ok=True)
+        for path in outputs:
+            if path.endswith(".md"):
+                with open(path, "w") as f:
+                    f.write(table)
+            else:
+                fig.savefig(path, **({"dpi": 110} if path.endswith(".png") else {}))
+    except OSError as e:
+        print(f"error: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(table)
-    print("wrote " + ", ".join(written))
+    print("wrote " + ", ".join(outputs))
     return 0
 
 

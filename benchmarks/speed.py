@@ -1,19 +1,17 @@
-"""Training speed of an off-policy script (eager and --compile) against Stable-Baselines3's equivalent, in one run.
+"""Training speed of a script at its defaults (off-policy ones also with --compile) vs Stable-Baselines3, in one run.
 
-    python benchmarks/speed.py --algo sac|td3|ddpg [--env-id HalfCheetah-v4] [--steps 4000] [--learning-starts 1000] [--repeats 2] [--also OLD.py]
-    python benchmarks/speed.py --algo td3 --together 2   # two runs at once, --update-threads 1 against 2: their summed SPS
+    python benchmarks/speed.py --algo sac|td3|ddpg|ppo|a2c [--env-id HalfCheetah-v4] [--steps 4000]
+        [--learning-starts 1000] [--repeats 2] [--also OLD.py] [--no-compile]
 
 Each configuration trains in its own process with one torch thread, at the same hyperparameters (the script's
-defaults: 256x256 networks, batch 256, one gradient step per env step, its learning rates, noise and delays). The
-off-policy scripts run by default the actor's half of each update on a second thread (--update-threads 2, two
-cores); they are also timed with --update-threads 1, on one core as Stable-Baselines3 runs.
+defaults: for the off-policy scripts 256x256 networks, batch 256, one gradient step per env step, its learning rates,
+noise and delays), as Stable-Baselines3 runs on one core. The off-policy scripts are also timed with --compile (their
+update step through torch.compile; skip it with --no-compile).
 SPS is measured after learning starts, from step `learning-starts` to the last step, so only steps that include
 an update count. The configurations run one after another, `repeats` times interleaved; the median is reported,
 with each configuration's ratio to Stable-Baselines3 as the ratio of medians and as the median of per-repeat ratios.
-Needs stable-baselines3: pip install -r requirements-bench.txt.
-With --together N it times instead N runs of the script at once (as benchmark.py runs one per core), each with
---update-threads 1 and then 2, and reports their summed SPS: what a second update thread is worth when the runs
-already fill the cores."""
+Needs stable-baselines3: pip install -r requirements-bench.txt."""
+
 import argparse
 import json
 import os
@@ -21,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +28,8 @@ import gymnasium as gym, torch
 from stable_baselines3.common.callbacks import BaseCallback
 sys.path.insert(0, sys.argv[6])
 from sb3_returns import make_model  # the same SB3 configuration the returns benchmark runs
-algo, env_id, steps, learning_starts, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+algo, env_id = sys.argv[1], sys.argv[2]
+steps, learning_starts, seed = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(1)
 model = make_model(algo, gym.make(env_id), seed, learning_starts)
 
@@ -54,9 +52,30 @@ def ours(script: str, env_id: str, steps: int, learning_starts: int, seed: int, 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--total-timesteps", str(steps),
-               "--seed", str(seed), "--log-every", "250", "--eval-every", "0", "--eval-episodes", "1",
-               "--checkpoint-every", str(10 * steps), "--no-progress-bar", "--runs-dir", tmp, "--run-name", "speed", *extra]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, script),
+            "--env-id",
+            env_id,
+            "--total-timesteps",
+            str(steps),
+            "--seed",
+            str(seed),
+            "--log-every",
+            "250",
+            "--eval-every",
+            "0",
+            "--eval-episodes",
+            "1",
+            "--checkpoint-every",
+            str(10 * steps),
+            "--no-progress-bar",
+            "--runs-dir",
+            tmp,
+            "--run-name",
+            "speed",
+            *extra,
+        ]
         if learning_starts > 0:  # the off-policy scripts
             cmd += ["--learning-starts", str(learning_starts), "--no-save-buffer"]
         subprocess.run(cmd, check=True, capture_output=True)
@@ -68,16 +87,24 @@ def ours(script: str, env_id: str, steps: int, learning_starts: int, seed: int, 
     return (events[-1].step - events[0].step) / (events[-1].wall_time - events[0].wall_time)
 
 
-def together(script: str, env_id: str, steps: int, learning_starts: int, seed: int, extra: list, runs: int) -> float:
-    """The summed SPS of `runs` runs of a script at once (seeds seed, seed + 1000, ...)."""
-    with ThreadPoolExecutor(runs) as pool:
-        return sum(pool.map(lambda i: ours(script, env_id, steps, learning_starts, seed + 1000 * i, extra), range(runs)))
-
-
 def sb3(algo: str, env_id: str, steps: int, learning_starts: int, seed: int) -> float:
-    out = subprocess.run([sys.executable, "-c", SB3_PROGRAM, algo, env_id, str(steps), str(learning_starts), str(seed),
-                          os.path.join(ROOT, "benchmarks")],
-                         check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SB3_PROGRAM,
+            algo,
+            env_id,
+            str(steps),
+            str(learning_starts),
+            str(seed),
+            os.path.join(ROOT, "benchmarks"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
 
 
@@ -88,45 +115,44 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--no-compile", action="store_true", help="skip the --compile configuration")
-    parser.add_argument("--together", type=int, default=0, metavar="N",
-                        help="instead of the configurations above: N runs at once with --update-threads 1, then 2 (summed SPS; off-policy scripts)")
-    parser.add_argument("--also", nargs="+", default=[], metavar="SCRIPT",
-                        help="other versions of the script to time the same way, eager float32, e.g. an older commit's: "
-                             "git show HEAD~1:sac_continuous.py > /tmp/sac_before.py")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the --compile configuration (off-policy scripts)"
+    )
+    parser.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="SCRIPT",
+        help="other versions of the script to time the same way, at their defaults, e.g. an older commit's: "
+        "git show HEAD~1:sac_continuous.py > /tmp/sac_before.py",
+    )
     args = parser.parse_args()
     if args.algo in ("ppo", "a2c"):  # on-policy: every step counts, from the first update on
         args.learning_starts = 0
 
     script, baseline_name = f"{args.algo}_continuous.py", f"stable-baselines3 {args.algo.upper()}"
-    configs = {f"{script} (eager)": lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, []),
-               baseline_name: lambda seed: sb3(args.algo, args.env_id, args.steps, args.learning_starts, seed)}
-    if args.algo in ("sac", "td3", "ddpg"):  # one core; bfloat16 products between the hidden layers
-        configs[f"{script} --update-threads 1"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed,
-                                                                    ["--update-threads", "1"])
-        configs[f"{script} --precision bfloat16"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed,
-                                                                      ["--precision", "bfloat16"])
+    configs = {
+        f"{script} (eager)": lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, []),
+        baseline_name: lambda seed: sb3(args.algo, args.env_id, args.steps, args.learning_starts, seed),
+    }
     for other in args.also:
-        configs[f"{other} (eager)"] = lambda seed, other=os.path.abspath(other): ours(other, args.env_id, args.steps, args.learning_starts, seed, [])
-    if not args.no_compile:
-        configs[f"{script} --compile"] = lambda seed: ours(script, args.env_id, args.steps, args.learning_starts, seed, ["--compile"])
-    if args.together:
-        if args.algo not in ("sac", "td3", "ddpg"):
-            parser.error("--together compares update threads: sac, td3 or ddpg")
-        if args.together < 1 or args.also:
-            parser.error("--together needs N >= 1 and times no other configuration (no --also)")
-        baseline_name = f"{args.together} x {script} --update-threads 1"
-        configs = {f"{args.together} x {script} --update-threads {threads}":
-                   lambda seed, threads=threads: together(script, args.env_id, args.steps, args.learning_starts, seed,
-                                                          ["--update-threads", str(threads)], args.together)
-                   for threads in (1, 2)}
+        configs[f"{other} (eager)"] = lambda seed, other=os.path.abspath(other): ours(
+            other, args.env_id, args.steps, args.learning_starts, seed, []
+        )
+    if args.algo in ("sac", "td3", "ddpg") and not args.no_compile:  # PPO and A2C do not take --compile
+        configs[f"{script} --compile"] = lambda seed: ours(
+            script, args.env_id, args.steps, args.learning_starts, seed, ["--compile"]
+        )
     results = {name: [] for name in configs}
     for repeat in range(args.repeats):
         for name, measure in configs.items():
             results[name].append(measure(repeat + 1))
             print(f"  {name}: {results[name][-1]:.1f} SPS", flush=True)
     baseline = statistics.median(results[baseline_name])
-    print(f"\n{args.env_id}, SPS after learning starts (steps {args.learning_starts}-{args.steps}), median of {args.repeats}:")
+    print(
+        f"\n{args.env_id}, SPS after learning starts (steps {args.learning_starts}-{args.steps}), "
+        f"median of {args.repeats}:"
+    )
     print("| configuration | SPS | ratio of medians | median of per-repeat ratios |")
     for name, values in results.items():
         median = statistics.median(values)

@@ -24,7 +24,9 @@ def run_script(script, *args, cwd, timeout=600, env=None):
 
 def start_script(script, *args, cwd, env=None):
     cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or script_env())
+    return subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or script_env()
+    )
 
 
 def train_evals(script, cwd, *args, timeout=900):

@@ -1,12 +1,13 @@
 """Checkpoints written before the one-file layout (format_version 1, by the scripts of commit 7834e44: two-thread
 update, their own plumbing) still replay with enjoy.py and still resume. tests/data holds two tiny ones (Pendulum-v1,
-16-wide networks): SAC and TD3 at step 600 with their replay buffers, PPO at step 4096 with its observation statistics."""
+16-wide networks): SAC and TD3 at step 600 with their replay buffers, PPO at step 4096 with its observation
+statistics."""
+
 import os
 import shutil
 
 import pytest
 import torch
-
 from conftest import run_script
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -28,8 +29,14 @@ def test_a_format_1_checkpoint_replays_its_own_evaluation(tmp_path, algo):
 def test_a_format_1_checkpoint_resumes(tmp_path, algo, budget):
     run = tmp_path / "runs" / "old"
     shutil.copytree(os.path.join(DATA, f"{algo}_v1"), run)
-    result = run_script(f"{algo}_continuous.py", "--resume", run / "checkpoints" / "latest.pt", "--total-timesteps", budget,
-                        cwd=tmp_path)
+    result = run_script(
+        f"{algo}_continuous.py",
+        "--resume",
+        run / "checkpoints" / "latest.pt",
+        "--total-timesteps",
+        budget,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming" in result.stdout and "warning" not in result.stderr  # the replay buffer came back too
     final = torch.load(run / "checkpoints" / "final.pt", weights_only=True)
