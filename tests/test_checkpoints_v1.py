@@ -1,5 +1,5 @@
 """Checkpoints written before the one-file layout (format_version 1, by the scripts of commit 7834e44: two-thread
-update, their own plumbing) still replay with enjoy.py and still resume. tests/data holds two tiny ones (Pendulum-v1,
+update, their own plumbing) still replay with enjoy.py and still resume. tests/data holds three tiny ones (Pendulum-v1,
 16-wide networks): SAC and TD3 at step 600 with their replay buffers, PPO at step 4096 with its observation
 statistics."""
 
