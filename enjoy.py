@@ -123,6 +123,8 @@ def main() -> None:
         if args.render == "none":
             module.configure_headless_rendering()
         env_id = args.env_id or checkpoint["env_id"]
+        if env_id.startswith("dm_control/"):  # shimmy registers the DeepMind Control Suite's tasks
+            importlib.import_module("shimmy")
         render_mode = "human" if args.render == "human" else "rgb_array" if args.video else None
         try:
             env = module.make_env(env_id, 0, render_mode)()
