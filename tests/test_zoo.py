@@ -1,0 +1,30 @@
+"""Every agent in zoo/ replays on a fresh clone with the return zoo/README.md lists for it."""
+import os
+
+import pytest
+
+from conftest import ROOT, run_script
+
+
+def listed_agents():
+    """(file, first-episode return) of each row of zoo/README.md's table."""
+    rows = []
+    with open(os.path.join(ROOT, "zoo", "README.md")) as f:
+        for line in f:
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if len(cells) == 8 and cells[0].startswith("`") and cells[0].endswith(".pt`"):
+                rows.append((cells[0].strip("`"), float(cells[6])))
+    return rows
+
+
+def test_every_zoo_file_is_listed_and_every_listed_file_exists():
+    files = {name for name in os.listdir(os.path.join(ROOT, "zoo")) if name.endswith(".pt")}
+    assert files and files == {name for name, _ in listed_agents()}
+
+
+@pytest.mark.parametrize("name, first_episode", listed_agents())
+def test_a_zoo_agent_replays_its_listed_return(tmp_path, name, first_episode):
+    result = run_script("enjoy.py", os.path.join(ROOT, "zoo", name), "--episodes", 1, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    replayed = float(result.stdout.split("episode 1: return ")[1].split(",")[0])
+    assert replayed == pytest.approx(first_episode, rel=0.05)  # zoo/README.md says why 5%
