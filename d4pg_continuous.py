@@ -246,10 +246,9 @@ def main() -> None:
     resume_objects.update(actor_target=actor_target)
     run = Run(args, checkpoint, envs, eval_env, device, actor, policy_kwargs, resume_objects, buffer=rb)
     obs, _ = envs.reset(seed=args.seed + run.global_step)
-    autoreset = np.zeros(args.num_envs, dtype=bool)
+    autoreset, losses = np.zeros(args.num_envs, dtype=bool), {}
     # one N-step window per env; on --resume the envs were just reset: empty windows (the stopped run's < n are lost)
     windows = NStepWindows(args.num_envs, args.n_step, args.gamma)
-    losses = {}
     with run:
         while run.global_step < args.total_timesteps:
             # ALGO LOGIC: act (uniformly random before learning starts, then mu(s) plus Gaussian noise), step, store
@@ -316,6 +315,7 @@ def fail(message: str, code: int = 2):
 
 def parse_args(args_class, check: Callable) -> tuple:
     """The command line, or with --resume the checkpoint's own arguments with the command line on top; checked."""
+    configure_headless_rendering()  # before anything imports MuJoCo or dm_control: they read MUJOCO_GL then
     argv, ints = sys.argv[1:], {"--" + f.name.replace("_", "-") for f in fields(args_class) if f.type is int}
     for i, token in enumerate(argv[:-1]):  # integer options take integral floats: --total-timesteps 1e5
         with contextlib.suppress(ValueError, OverflowError):
@@ -330,13 +330,15 @@ def parse_args(args_class, check: Callable) -> tuple:
             raise ArgError(f"{cli.resume} holds a policy only; enjoy.py replays it, it cannot be resumed")
         args = resume_args(args_class, checkpoint["args"], argv) if checkpoint else cli
         check(args)
+        if args.env_id.startswith("dm_control/"):  # shimmy registers the DeepMind Control Suite's tasks
+            __import__("shimmy")
         if ":" not in args.env_id and args.env_id not in gym.registry:
             close = ", ".join(difflib.get_close_matches(args.env_id, list(gym.registry), n=3, cutoff=0.6))
             raise ArgError(f"unknown env id {args.env_id!r}" + (f"; did you mean {close}?" if close else ""))
         offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled") or os.environ.get("WANDB_API_KEY")
         if args.track and not offline and not __import__("wandb").api.api_key:
             raise ArgError("--track: not logged in to Weights & Biases; run `wandb login`, or set WANDB_MODE=offline")
-    except (ArgError, CheckpointError) as e:
+    except (ArgError, CheckpointError, ImportError) as e:
         fail(str(e))
     return args, checkpoint
 
@@ -406,7 +408,6 @@ def setup(args, vector_env=gym.vector.SyncVectorEnv) -> tuple:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
-    configure_headless_rendering()
     try:
         thunks = [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)]
         envs = vector_env(thunks, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

@@ -297,6 +297,7 @@ def fail(message: str, code: int = 2):
 
 def parse_args(args_class, check: Callable) -> tuple:
     """The command line, or with --resume the checkpoint's own arguments with the command line on top; checked."""
+    configure_headless_rendering()  # before anything imports MuJoCo or dm_control: they read MUJOCO_GL then
     argv, ints = sys.argv[1:], {"--" + f.name.replace("_", "-") for f in fields(args_class) if f.type is int}
     for i, token in enumerate(argv[:-1]):  # integer options take integral floats: --total-timesteps 1e5
         with contextlib.suppress(ValueError, OverflowError):
@@ -311,13 +312,15 @@ def parse_args(args_class, check: Callable) -> tuple:
             raise ArgError(f"{cli.resume} holds a policy only; enjoy.py replays it, it cannot be resumed")
         args = resume_args(args_class, checkpoint["args"], argv) if checkpoint else cli
         check(args)
+        if args.env_id.startswith("dm_control/"):  # shimmy registers the DeepMind Control Suite's tasks
+            __import__("shimmy")
         if ":" not in args.env_id and args.env_id not in gym.registry:
             close = ", ".join(difflib.get_close_matches(args.env_id, list(gym.registry), n=3, cutoff=0.6))
             raise ArgError(f"unknown env id {args.env_id!r}" + (f"; did you mean {close}?" if close else ""))
         offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled") or os.environ.get("WANDB_API_KEY")
         if args.track and not offline and not __import__("wandb").api.api_key:
             raise ArgError("--track: not logged in to Weights & Biases; run `wandb login`, or set WANDB_MODE=offline")
-    except (ArgError, CheckpointError) as e:
+    except (ArgError, CheckpointError, ImportError) as e:
         fail(str(e))
     return args, checkpoint
 
@@ -387,7 +390,6 @@ def setup(args, vector_env=gym.vector.SyncVectorEnv) -> tuple:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
-    configure_headless_rendering()
     try:
         thunks = [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)]
         envs = vector_env(thunks, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

@@ -281,20 +281,6 @@ def test_enjoy_replays_the_checkpoint(hopper_run, tmp_path):
     assert mean == pytest.approx(best["resume_state"]["best_return"], abs=0.01)  # the evaluation's deterministic policy
 
 
-def test_compile_path_trains(tmp_path):
-    """--compile puts the losses (the projection included) through torch.compile: the run trains, logs and saves."""
-    result = run_script(
-        SCRIPT, "--env-id", "Pendulum-v1", "--v-min", -1000, "--v-max", 0, "--total-timesteps", 400,
-        "--learning-starts", 200, "--eval-episodes", 1, "--log-every", 100, "--compile", "--run-name", "compiled",
-        *SMALL, cwd=tmp_path, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    scalars = read_scalars(str(tmp_path / "runs" / "compiled"))
-    for tag in ("losses/qf_loss", "losses/actor_loss"):
-        assert [step for step, _ in scalars[tag]] == [200, 300, 400]
-        assert all(np.isfinite(value) for _, value in scalars[tag])
-
-
 def test_bad_input(tmp_path):
     cases = [
         (["--v-min", 10, "--v-max", 10], "--v-min must be below --v-max"),

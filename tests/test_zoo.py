@@ -1,8 +1,8 @@
 """Every agent in zoo/ replays on a fresh clone with the return zoo/README.md lists for it."""
+
 import os
 
 import pytest
-
 from conftest import ROOT, run_script
 
 
