@@ -48,6 +48,8 @@ class EnjoyArgs:
     """run on this env instead of the stored one (say, a -v4 checkpoint on -v5)"""
     device: str = "cpu"
     """torch device of the policy"""
+    max_steps: Optional[int] = None
+    """cut each episode after this many steps (a short preview of a long episode)"""
     export: Optional[str] = None
     """write the policy alone (a few hundred KB, what enjoy.py needs) to this .pt file, then replay it"""
 
@@ -109,6 +111,8 @@ def main() -> None:
     try:
         if args.episodes is not None and args.episodes <= 0:
             raise EnjoyError(f"--episodes must be positive, got {args.episodes}")
+        if args.max_steps is not None and args.max_steps <= 0:
+            raise EnjoyError(f"--max-steps must be positive, got {args.max_steps}")
         if args.render == "human" and args.video is not None:
             raise EnjoyError(
                 "--render human and --video exclude each other (a window's frames are not returned); choose one"
@@ -169,7 +173,7 @@ def main() -> None:
         video = imageio.get_writer(
             args.video, **(dict(mode="I", duration=1000 / fps, loop=0) if gif else dict(fps=fps, macro_block_size=1))
         )
-        total = episodes * (env.spec.max_episode_steps or 1000)
+        total = episodes * (args.max_steps or env.spec.max_episode_steps or 1000)
         bar = tqdm(total=total, unit="frame", leave=False, disable=not sys.stderr.isatty())
     returns, frames = [], 0
     try:
@@ -184,7 +188,7 @@ def main() -> None:
                 obs, reward, terminated, truncated, _ = env.step(act(obs))
                 episode_return += float(reward)
                 length += 1
-                done = terminated or truncated
+                done = terminated or truncated or length == args.max_steps
             returns.append(episode_return)
             (bar.write if bar else print)(f"episode {episode + 1}: return {episode_return:.2f}, length {length}")
     finally:

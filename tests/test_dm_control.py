@@ -35,9 +35,13 @@ def test_a_dm_control_task_trains_and_replays(tmp_path, script, args):
     assert scalars[loss] and all(torch.isfinite(torch.tensor(v)) for _, v in scalars[loss])  # real updates ran
     final = torch.load(run / "checkpoints" / "final.pt", weights_only=True)
     assert final["policy_kwargs"]["obs_dim"] == 5  # cartpole's position (3) and velocity (2), flattened
-    if script.startswith("sac"):  # replay into a video: the same return as the run's own evaluation
-        video = run_script("enjoy.py", run, "--video", tmp_path / "dmc.mp4", cwd=tmp_path)
-        assert video.returncode == 0, video.stderr[-3000:]
-        mean = float(video.stdout.split("mean return ")[1].split(" ")[0])
+    if script.startswith("sac"):  # the replay is the run's own evaluation; the first 100 steps make a video
+        replay = run_script("enjoy.py", run, cwd=tmp_path)
+        assert replay.returncode == 0, replay.stderr[-3000:]
+        mean = float(replay.stdout.split("mean return ")[1].split(" ")[0])
         assert mean == pytest.approx(scalars["eval/return_mean"][-1][1], abs=0.01)
-        assert os.path.getsize(tmp_path / "dmc.mp4") > 10_000
+        video = run_script(
+            "enjoy.py", run, "--episodes", 1, "--max-steps", 100, "--video", tmp_path / "dmc.mp4", cwd=tmp_path
+        )
+        assert video.returncode == 0, video.stderr[-3000:]
+        assert "(100 frames)" in video.stdout and os.path.getsize(tmp_path / "dmc.mp4") > 10_000
