@@ -6,6 +6,7 @@ normalisation where it has one). By default the episodes are those of the traini
 and count), so the mean printed is the `eval/return_mean` logged at that checkpoint's step.
 `--export zoo/<name>.pt` writes the policy alone: everything replaying needs, nothing resuming needs."""
 
+import functools
 import importlib.util
 import os
 import sys
@@ -70,6 +71,7 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=None)  # a checkpoint of sac_continuous needs that script once, not twice
 def import_algo(algo: str):
     script = os.path.join(HERE, f"{algo}.py")
     if not algo.isidentifier() or not os.path.isfile(script):
