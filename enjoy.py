@@ -4,12 +4,15 @@ The checkpoint says which script made it (`algo`), the env and the policy's shap
 checkpoint loader, with the format_version check) and rebuilds the policy (`load_policy`, with the frozen observation
 normalisation where it has one). By default the episodes are those of the training run's evaluations (the same seeds
 and count), so the mean printed is the `eval/return_mean` logged at that checkpoint's step.
-`--export zoo/<name>.pt` writes the policy alone: everything replaying needs, nothing resuming needs."""
+`--export zoo/<name>.pt` writes the policy alone: everything replaying needs, nothing resuming needs.
+`--record-dataset <id>` saves the episodes as a Minari dataset (bc_continuous.py learns from it)."""
 
 import functools
 import importlib.util
 import os
+import re
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -53,6 +56,8 @@ class EnjoyArgs:
     """cut each episode after this many steps (a short preview of a long episode)"""
     export: Optional[str] = None
     """write the policy alone (a few hundred KB, what enjoy.py needs) to this .pt file, then replay it"""
+    record_dataset: Optional[str] = None
+    """save the episodes as a local Minari dataset with this id (halfcheetah-sac-expert-v0) for bc_continuous.py"""
 
 
 class EnjoyError(Exception):
@@ -108,6 +113,41 @@ def check_writable(path: str, suffixes: tuple) -> None:
         raise EnjoyError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def check_new_dataset(dataset_id: str) -> None:
+    """Before any work: minari can write a dataset of this id, and none exists."""
+    try:
+        import minari
+        from minari.storage import get_dataset_path
+    except ImportError as e:
+        raise EnjoyError(f"--record-dataset needs minari (pip install minari): {e}") from None
+    if not re.fullmatch(r"([\w.-]+/)*[\w.-]+-v\d+", dataset_id):
+        raise EnjoyError(f"--record-dataset {dataset_id!r}: a Minari id is [namespace/]name-v<version>")
+    if dataset_id in minari.list_local_datasets() or os.path.exists(get_dataset_path(dataset_id)):
+        raise EnjoyError(f"dataset {dataset_id} exists in {get_dataset_path(dataset_id)}; choose another id")
+
+
+def save_dataset(dataset_id: str, episodes: list, env, checkpoint: dict, returns: list, stochastic: bool) -> None:
+    """The episodes, with minari's own writer; the recording policy's mean return is the dataset's ref_max_score."""
+    import minari
+
+    policy = f"{'stochastic' if stochastic else 'deterministic'} policy of a {checkpoint['algo']} checkpoint"
+    with warnings.catch_warnings():  # minari asks for an author, an e-mail address and a code link
+        warnings.simplefilter("ignore")
+        dataset = minari.create_dataset_from_buffers(
+            dataset_id,
+            episodes,
+            env=env.spec.id,
+            observation_space=env.observation_space,  # dm_control's: flattened, as the scripts see them
+            action_space=env.action_space,
+            algorithm_name=f"{checkpoint['algo']} (enjoy.py)",
+            description=f"{len(episodes)} episodes of the {policy} at step {checkpoint['global_step']}",
+            ref_max_score=float(np.mean(returns)),
+            num_episodes_average_score=min(len(episodes), 10),  # random-policy episodes for ref_min_score
+        )
+    where = os.path.dirname(dataset.spec.data_path)
+    print(f"dataset {dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps, in {where}")
+
+
 def main() -> None:
     args = tyro.cli(EnjoyArgs)
     try:
@@ -124,6 +164,8 @@ def main() -> None:
         for path, suffixes in ((args.video, (".mp4", ".gif")), (args.export, (".pt",))):
             if path is not None:
                 check_writable(path, suffixes)
+        if args.record_dataset is not None:
+            check_new_dataset(args.record_dataset)
         path = resolve_checkpoint(args.checkpoint)
         checkpoint, module = load(path)
         if args.render == "none":
@@ -177,21 +219,31 @@ def main() -> None:
         )
         total = episodes * (args.max_steps or env.spec.max_episode_steps or 1000)
         bar = tqdm(total=total, unit="frame", leave=False, disable=not sys.stderr.isatty())
-    returns, frames = [], 0
+    returns, frames, recorded = [], 0, []
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
             done, episode_return, length = False, 0.0, 0
+            steps = dict(observations=[obs], actions=[], rewards=[], terminations=[], truncations=[])
             while not done:
                 if video is not None:
                     video.append_data(env.render())
                     frames += 1
                     bar.update()
-                obs, reward, terminated, truncated, _ = env.step(act(obs))
+                action = act(obs)
+                obs, reward, terminated, truncated, _ = env.step(action)
                 episode_return += float(reward)
                 length += 1
-                done = terminated or truncated or length == args.max_steps
+                truncated = truncated or length == args.max_steps
+                done = terminated or truncated
+                if args.record_dataset:
+                    for key, value in zip(steps, (obs, action, float(reward), terminated, truncated)):
+                        steps[key].append(value)
             returns.append(episode_return)
+            if args.record_dataset:
+                from minari.data_collector import EpisodeBuffer
+
+                recorded.append(EpisodeBuffer(id=episode, seed=seed + episode, **steps))
             (bar.write if bar else print)(f"episode {episode + 1}: return {episode_return:.2f}, length {length}")
     finally:
         if video is not None:
@@ -199,6 +251,8 @@ def main() -> None:
             video.close()
         env.close()
     print(f"mean return {np.mean(returns):.2f} ± {np.std(returns):.2f} over {episodes} episodes")
+    if args.record_dataset:
+        save_dataset(args.record_dataset, recorded, env, checkpoint, returns, args.stochastic)
     if args.video:
         print(f"video: {args.video} ({frames} frames)")
 

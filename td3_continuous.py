@@ -380,16 +380,12 @@ def make_env(env_id: str, seed: int, render_mode: Optional[str] = None) -> Calla
 
 def configure_headless_rendering() -> None:
     """Headless: MuJoCo renders through EGL, else OSMesa; pygame offscreen. Harmless warnings of dependencies: off."""
-    warnings.filterwarnings(
-        "ignore", message=".*(is out of date|Overriding environment).*"
-    )  # -v4 tasks, re-registration
+    warnings.filterwarnings("ignore", message=".*(is out of date|Overriding environment).*")  # -v4, re-registration
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("MUJOCO_GL")):
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "osmesa"
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-    with contextlib.suppress(
-        ImportError
-    ):  # MuJoCo's warnings (never to MUJOCO_LOG.TXT), less HalfCheetah's settotalmass
+    with contextlib.suppress(ImportError):  # MuJoCo's warnings, never to MUJOCO_LOG.TXT; not HalfCheetah's settotalmass
         mujoco_warning = lambda text: "settotalmass" in text or warnings.warn(f"MuJoCo: {text}", stacklevel=2)
         __import__("mujoco").set_mju_user_warning(mujoco_warning)
 
@@ -620,7 +616,8 @@ class Run:
         if (crossed(step, args.eval_every, stride) or last) and not self.stop_signal:
             self.show("evaluating")
             video = os.path.join(self.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
-            os.makedirs(os.path.dirname(video), exist_ok=True) if video else None
+            if video:
+                os.makedirs(os.path.dirname(video), exist_ok=True)
             obs_rms = self.obs_rms.stats() if self.obs_rms is not None else None  # a frozen copy
             act_fn = make_act_fn(self.policy, obs_rms, self.device, deterministic=True)
             seed = args.seed + EVAL_SEED

@@ -29,6 +29,16 @@ def start_script(script, *args, cwd, env=None):
     )
 
 
+def refused(module, argv, capsys, monkeypatch):
+    """A script's argument checks and env setup, run in this process (seconds less than a subprocess each): the exit
+    status and stderr of the refusal. A case that passes them fails the test ("DID NOT RAISE"); nothing trains."""
+    monkeypatch.setattr(sys, "argv", [module.__file__, *map(str, argv)])
+    with pytest.raises(SystemExit) as exit:
+        args, _ = module.parse_args(module.Args, module.check_args)
+        module.setup(args)
+    return exit.value.code, capsys.readouterr().err
+
+
 def train_evals(script, cwd, *args, timeout=900):
     """Train a script to the end in cwd/runs/learn and return its eval/return_mean curve [(step, value), ...]."""
     result = run_script(script, *args, "--run-name", "learn", "--no-progress-bar", cwd=cwd, timeout=timeout)

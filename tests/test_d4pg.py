@@ -1,7 +1,6 @@
 """d4pg_continuous.py: the categorical projection and the N-step windows against hand-computed references, the losses,
 the transitions main() stores across next-step autoresets, then the script as run (Pendulum, Hopper, bad input)."""
 
-import os
 import signal
 import sys
 import time
@@ -10,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import read_scalars, run_script, start_script, train_evals
+from conftest import read_scalars, refused, run_script, start_script, train_evals
 
 import d4pg_continuous as d4pg
 
@@ -222,12 +221,13 @@ def test_main_stores_n_step_transitions_across_next_step_autoreset(tmp_path, mon
 
 
 def test_learns_pendulum(tmp_path):
-    """Pendulum-v1's returns lie in about [-1000, 0] at gamma 0.99 (rewards -16 to 0 per step): its own support."""
+    """Pendulum-v1's returns lie in about [-1000, 0] at gamma 0.99 (rewards -16 to 0 per step): its own support.
+    Seed 1 evaluated every 1000 steps (2026-12-08): -1466 at 1000, then -227, -217, -195, -189, -191 to 6000."""
     evals = train_evals(
-        SCRIPT, tmp_path, "--env-id", "Pendulum-v1", "--v-min", -1000, "--v-max", 0, "--total-timesteps", 6000,
-        "--learning-starts", 1000, "--eval-every", 3000, "--eval-episodes", 10, "--seed", 1, "--hidden-sizes", 64, 64,
+        SCRIPT, tmp_path, "--env-id", "Pendulum-v1", "--v-min", -1000, "--v-max", 0, "--total-timesteps", 4000,
+        "--learning-starts", 1000, "--eval-every", 2000, "--eval-episodes", 10, "--seed", 1, "--hidden-sizes", 64, 64,
     )  # fmt: skip
-    assert evals[-1][0] == 6000
+    assert evals[-1][0] == 4000
     assert evals[-1][1] >= -300, evals
 
 
@@ -281,7 +281,7 @@ def test_enjoy_replays_the_checkpoint(hopper_run, tmp_path):
     assert mean == pytest.approx(best["resume_state"]["best_return"], abs=0.01)  # the evaluation's deterministic policy
 
 
-def test_bad_input(tmp_path):
+def test_bad_input(capsys, monkeypatch):
     cases = [
         (["--v-min", 10, "--v-max", 10], "--v-min must be below --v-max"),
         (["--v-min", 100, "--v-max", -100], "--v-min must be below --v-max"),
@@ -290,7 +290,6 @@ def test_bad_input(tmp_path):
         (["--num-atoms", 1], "--num-atoms must be at least 2"),
     ]
     for args, message in cases:
-        result = run_script(SCRIPT, *args, cwd=tmp_path, timeout=120)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (args, result.stderr)
-        assert lines[0].startswith("error: ") and not os.path.exists(tmp_path / "runs"), args
+        code, stderr = refused(d4pg, args, capsys, monkeypatch)
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0] and lines[0].startswith("error: "), (args, stderr)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import read_scalars, run_script, train_evals
+from conftest import read_scalars, refused, run_script, train_evals
 
 import ddpg_continuous as ddpg
 import td3_continuous as td3
@@ -476,19 +476,20 @@ def test_same_seed_gives_identical_runs(script, tmp_path):
     assert run("c", seed=4)["losses/qf_loss"] != first["losses/qf_loss"]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_learns_pendulum_within_15k_steps(script, tmp_path):
+@pytest.mark.parametrize("script, budget", [("ddpg_continuous.py", 8000), ("td3_continuous.py", 10_000)])
+def test_learns_pendulum(script, budget, tmp_path):
+    """Seed 1 evaluated every 1000 steps: DDPG -204 at 5000 and -194 to -211 after; TD3 -226 at 8000, -206 at 10000."""
     evals = train_evals(
         script,
         tmp_path,
         "--env-id",
         "Pendulum-v1",
         "--total-timesteps",
-        15_000,
+        budget,
         "--learning-starts",
         1000,
         "--eval-every",
-        5000,
+        budget // 2,
         "--eval-episodes",
         10,
         "--seed",
@@ -497,12 +498,12 @@ def test_learns_pendulum_within_15k_steps(script, tmp_path):
         64,
         64,
     )  # 256-wide (the default) learns it too, at twice the suite time
-    assert evals[-1][0] == 15_000
+    assert evals[-1][0] == budget
     assert evals[-1][1] >= -250, evals
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_input(script, tmp_path):
+def test_bad_input(script, capsys, monkeypatch):
     cases = [
         (["--exploration-noise", -0.1], "--exploration-noise must be >= 0"),
         (["--policy-frequency", 0], "--policy-frequency must be positive"),
@@ -515,11 +516,8 @@ def test_bad_input(script, tmp_path):
             (["--noise-clip", -1], "--noise-clip must be >= 0"),
         ]
     for args, message in cases:
-        result = run_script(script, *args, cwd=tmp_path, timeout=120)
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
-            args,
-            result.stderr,
-        )
+        code, stderr = refused(ddpg if script.startswith("ddpg") else td3, args, capsys, monkeypatch)
+        assert code == 2 and stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1, args
 
 
 @pytest.mark.parametrize("script", ["sac_continuous.py", *SCRIPTS])

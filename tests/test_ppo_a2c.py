@@ -5,10 +5,11 @@ import os
 import signal
 import time
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import read_scalars, run_script, start_script, train_evals
+from conftest import read_scalars, refused, run_script, start_script, train_evals
 
 import a2c_continuous as a2c
 import ppo_continuous as ppo
@@ -281,8 +282,8 @@ def test_rollouts_short_of_real_transitions_update_nothing_and_log_no_nan(script
 
 
 @pytest.mark.parametrize(
-    "script, budget, extra", [("ppo_continuous.py", 100_000, []), ("a2c_continuous.py", 200_000, [])]
-)
+    "script, budget, extra", [("ppo_continuous.py", 50_000, []), ("a2c_continuous.py", 100_000, [])]
+)  # seed 1 at these budgets: 1000 for both (2026-12-08); PPO's learning rate anneals over the budget
 def test_learns_inverted_pendulum_and_enjoy_reproduces_it(script, budget, extra, tmp_path):
     evals = train_evals(
         script,
@@ -292,7 +293,7 @@ def test_learns_inverted_pendulum_and_enjoy_reproduces_it(script, budget, extra,
         "--total-timesteps",
         budget,
         "--eval-every",
-        budget // 4,
+        0,
         "--seed",
         1,
         *extra,
@@ -306,46 +307,13 @@ def test_learns_inverted_pendulum_and_enjoy_reproduces_it(script, budget, extra,
     mean = float(replay.stdout.split("mean return ")[1].split(" ")[0])
     assert mean >= 0.9 * evals[-1][1]
 
-
-def test_enjoy_needs_the_normalisation_statistics(tmp_path):
-    """A PPO policy trained on normalised observations, replayed without its statistics, does much worse: the
-    statistics matter."""
-    result = run_script(
-        "ppo_continuous.py",
-        "--env-id",
-        "InvertedPendulum-v4",
-        "--total-timesteps",
-        40_960,
-        "--eval-every",
-        40_960,
-        "--seed",
-        2,
-        "--run-name",
-        "norm",
-        "--no-progress-bar",
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "runs" / "norm" / "checkpoints" / "final.pt", weights_only=True)
-    import gymnasium as gym
-
-    def score(obs_rms):
-        policy = ppo.load_policy(dict(ckpt, obs_rms=obs_rms))
-        env = gym.make("InvertedPendulum-v4")
-        return np.mean(ppo.evaluate(policy, env, 3, seed=0))
-
-    with_stats, without = (
-        score(ckpt["obs_rms"]),
-        score(
-            {
-                "mean": torch.zeros_like(ckpt["obs_rms"]["mean"]),
-                "var": torch.ones_like(ckpt["obs_rms"]["var"]),
-                "count": 1.0,
-            }
-        ),
-    )
-    assert with_stats > 500 and without < 0.5 * with_stats
+    # without its statistics the policy does much worse: they matter (seed 1: 1000 with them, PPO 74 and A2C 17 without)
+    checkpoint = torch.load(tmp_path / "runs" / "learn" / "checkpoints" / "final.pt", weights_only=True)
+    module, stats = (ppo if script.startswith("ppo") else a2c), checkpoint["obs_rms"]
+    blank = {"mean": torch.zeros_like(stats["mean"]), "var": torch.ones_like(stats["var"]), "count": 1.0}
+    env = gym.make("InvertedPendulum-v4")
+    score = lambda obs_rms: module.evaluate(module.load_policy(dict(checkpoint, obs_rms=obs_rms)), env, 3, 0).mean()
+    assert score(blank) < 0.5 * score(stats)
 
 
 def test_ppo_resume_after_sigkill_restores_normalisation(tmp_path):
@@ -393,7 +361,7 @@ def test_ppo_resume_after_sigkill_restores_normalisation(tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_input(script, tmp_path):
+def test_bad_input(script, capsys, monkeypatch):
     cases = [
         (["--num-steps", 0], "--num-steps must be positive"),
         (["--gae-lambda", 1.5], "--gae-lambda must be in [0, 1]"),
@@ -410,11 +378,8 @@ def test_bad_input(script, tmp_path):
             (["--clip-coef", -0.1], "--clip-coef must be >= 0"),
         ]
     for args, message in cases:
-        result = run_script(script, *args, cwd=tmp_path, timeout=120)
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
-            args,
-            result.stderr,
-        )
+        code, stderr = refused(ppo if script.startswith("ppo") else a2c, args, capsys, monkeypatch)
+        assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
 
 
 def test_ctrl_c_with_async_workers_saves_latest(tmp_path):

@@ -137,18 +137,19 @@ def test_smoke_mujoco_v4(tmp_path):
     assert [step for step, _ in scalars["eval/return_mean"]] == [400]
 
 
-def test_sac_learns_pendulum_within_10k_steps(tmp_path):
+def test_sac_learns_pendulum_within_6k_steps(tmp_path):
+    """Seed 1 evaluated every 1000 steps (2026-12-08): -932 at 3000, -228 at 4000, -200 to -212 from 5000 to 8000."""
     evals = train_evals(
         SCRIPT,
         tmp_path,
         "--env-id",
         "Pendulum-v1",
         "--total-timesteps",
-        10_000,
+        6000,
         "--learning-starts",
         1000,
         "--eval-every",
-        5000,
+        3000,
         "--eval-episodes",
         10,
         "--seed",
@@ -157,7 +158,7 @@ def test_sac_learns_pendulum_within_10k_steps(tmp_path):
         64,
         64,
     )  # 256-wide (the default) learns it too, at twice the suite time
-    assert evals[-1][0] == 10_000
+    assert evals[-1][0] == 6000
     assert evals[-1][1] >= -250, evals
 
 
