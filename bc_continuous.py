@@ -71,6 +71,8 @@ def check_args(args: Args) -> None:  # hyperparameters that cannot work, caught 
     if not args.dataset:
         raise ArgError("--dataset is required: a Minari dataset id (record one with enjoy.py --record-dataset)")
     dataset = load_dataset(args.dataset)
+    if args.dataset_episodes > dataset.total_episodes:
+        raise ArgError(f"--dataset-episodes {args.dataset_episodes}: {args.dataset} has {dataset.total_episodes}")
     recorded_on = dataset.spec.env_spec.id if dataset.spec.env_spec is not None else None
     args.env_id = args.env_id or recorded_on or ""
     if not args.env_id:

@@ -144,6 +144,7 @@ def test_a_dagger_run_adds_the_learners_states_with_the_experts_labels(tmp_path,
         (["--dataset", "pendulum-one-v0", "--env-id", "MountainCarContinuous-v0"], "has observations (3,)"),
         (["--dataset", "pendulum-one-v0", "--dagger-expert", "nothing.pt"], "nothing.pt: no such file"),
         (["--dataset", "pendulum-one-v0", "--dagger-iterations", 0], "--dagger-iterations must be positive"),
+        (["--dataset", "pendulum-one-v0", "--dataset-episodes", 2], "--dataset-episodes 2: pendulum-one-v0 has 1"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, datasets, argv, message):
