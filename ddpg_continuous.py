@@ -357,7 +357,9 @@ def make_env(env_id: str, seed: int, render_mode: Optional[str] = None) -> Calla
         if multiprocessing.parent_process() is not None:  # an async worker: Ctrl-C is the main process's to handle
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        env = gym.make(env_id, render_mode=render_mode)
+        # gymnasium 1.4 films MuJoCo tasks from a fixed camera unless asked for the model's tracking one, "track"
+        track = render_mode and "gymnasium.envs.mujoco" in str(gym.spec(env_id).entry_point)
+        env = gym.make(env_id, render_mode=render_mode, **({"camera_name": "track"} if track else {}))
         if isinstance(env.observation_space, gym.spaces.Dict):  # dm_control: a dict of arrays, flattened
             env = gym.wrappers.FlattenObservation(env)
         env = gym.wrappers.RecordEpisodeStatistics(env)

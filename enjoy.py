@@ -52,6 +52,8 @@ class EnjoyArgs:
     """run on this env instead of the stored one (say, a -v4 checkpoint on -v5)"""
     device: str = "cpu"
     """torch device of the policy"""
+    video_scale: float = 1.0
+    """scale the video's frames by this factor (0.4: a 192x192 GIF of MuJoCo's 480x480 frames, for a README)"""
     max_steps: Optional[int] = None
     """cut each episode after this many steps (a short preview of a long episode)"""
     export: Optional[str] = None
@@ -113,6 +115,15 @@ def check_writable(path: str, suffixes: tuple) -> None:
         raise EnjoyError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def scaled(frame: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return frame
+    from PIL import Image
+
+    size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
+
+
 def check_new_dataset(dataset_id: str) -> None:
     """Before any work: minari can write a dataset of this id, and none exists."""
     try:
@@ -153,6 +164,8 @@ def main() -> None:
     try:
         if args.episodes is not None and args.episodes <= 0:
             raise EnjoyError(f"--episodes must be positive, got {args.episodes}")
+        if not 0 < args.video_scale <= 4:
+            raise EnjoyError(f"--video-scale must be in (0, 4], got {args.video_scale}")
         if args.max_steps is not None and args.max_steps <= 0:
             raise EnjoyError(f"--max-steps must be positive, got {args.max_steps}")
         if args.render == "human" and args.video is not None:
@@ -207,17 +220,21 @@ def main() -> None:
         f"{path}: {checkpoint['algo']} on {env_id}, step {checkpoint['global_step']}, "
         f"{'stochastic' if args.stochastic else 'deterministic'} policy, {episodes} episodes from seed {seed}"
     )
-    video, bar = None, None
+    video, bar, stride = None, None, 1
     if args.video:  # frames stream to the file; software rendering is slow (about 10 frames a second): a progress bar
         import imageio.v2 as imageio
         from tqdm import tqdm
 
         fps = env.metadata.get("render_fps", 30)
         gif = args.video.endswith(".gif")
+        stride = (
+            max(1, round(fps / 25)) if gif else 1
+        )  # browsers play GIF frames under 20 ms at 100 ms: keep every n-th
         video = imageio.get_writer(
-            args.video, **(dict(mode="I", duration=1000 / fps, loop=0) if gif else dict(fps=fps, macro_block_size=1))
+            args.video,
+            **(dict(mode="I", duration=1000 * stride / fps, loop=0) if gif else dict(fps=fps, macro_block_size=1)),
         )
-        total = episodes * (args.max_steps or env.spec.max_episode_steps or 1000)
+        total = episodes * -(-(args.max_steps or env.spec.max_episode_steps or 1000) // stride)
         bar = tqdm(total=total, unit="frame", leave=False, disable=not sys.stderr.isatty())
     returns, frames, recorded = [], 0, []
     try:
@@ -226,8 +243,8 @@ def main() -> None:
             done, episode_return, length = False, 0.0, 0
             steps = dict(observations=[obs], actions=[], rewards=[], terminations=[], truncations=[])
             while not done:
-                if video is not None:
-                    video.append_data(env.render())
+                if video is not None and length % stride == 0:
+                    video.append_data(scaled(env.render(), args.video_scale))
                     frames += 1
                     bar.update()
                 action = act(obs)

@@ -358,6 +358,17 @@ def test_track_with_wandb_offline(tmp_path):
 
 
 # enjoy.py
+@pytest.mark.parametrize("env_id, camera", [("HalfCheetah-v4", 0), ("Walker2d-v5", 0), ("InvertedPendulum-v4", -1)])
+def test_videos_of_mujoco_tasks_follow_the_agent(env_id, camera):
+    """gymnasium 1.4 renders from a fixed free camera (-1) unless asked for the model's "track" camera: without it a
+    HalfCheetah runs out of the picture within a second. Tasks without one (InvertedPendulum) keep the free camera."""
+    import sac_continuous
+
+    env = sac_continuous.make_env(env_id, 0, "rgb_array")()
+    assert env.unwrapped.mujoco_renderer.camera_id == camera
+    env.close()
+
+
 def test_enjoy_replays_a_checkpoint_to_video_headless(pendulum_run, tmp_path):
     result = run_script(
         "enjoy.py",
