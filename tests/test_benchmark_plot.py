@@ -371,6 +371,9 @@ def test_a_benchmark_killed_midway_resumes_its_runs(tmp_path):
         "1",
         "--checkpoint-every",
         "250",
+        "--hidden-sizes",
+        "64",
+        "64",
     ]
     proc = subprocess.Popen(
         [sys.executable, *argv],
@@ -380,7 +383,7 @@ def test_a_benchmark_killed_midway_resumes_its_runs(tmp_path):
         text=True,
         env=script_env(),
     )
-    run_dir = tmp_path / "runs" / "Pendulum-v1__sac__eval-episodes=1_learning-starts=300__1"
+    run_dir = tmp_path / "runs" / "Pendulum-v1__sac__eval-episodes=1_hidden-sizes=64,64_learning-starts=300__1"
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "best.pt").exists():  # the first evaluation, at step 500, is done
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
