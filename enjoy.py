@@ -227,9 +227,8 @@ def main() -> None:
 
         fps = env.metadata.get("render_fps", 30)
         gif = args.video.endswith(".gif")
-        stride = (
-            max(1, round(fps / 25)) if gif else 1
-        )  # browsers play GIF frames under 20 ms at 100 ms: keep every n-th
+        # browsers play GIF frames shorter than 20 ms at 100 ms: a GIF keeps every n-th frame, at most 50 a second
+        stride = max(1, round(fps / 25)) if gif else 1
         video = imageio.get_writer(
             args.video,
             **(dict(mode="I", duration=1000 * stride / fps, loop=0) if gif else dict(fps=fps, macro_block_size=1)),
