@@ -188,7 +188,8 @@ def group_runs(logs: list[EventLog], group_by: list[str], assume: dict[str, str]
             continue
         name = h.get("exp_name", "?")
         label = " ".join(
-            [name] + [f"{g}={h.get(g, '(not logged)')}" for g in group_by if g != "exp_name" and g in script_args[name]]
+            [name]
+            + [f"{g}={short(h.get(g, '(not logged)'))}" for g in group_by if g != "exp_name" and g in script_args[name]]
         )
         groups.setdefault((h["env_id"], label), Group(h["env_id"], label)).runs.append(log)
     for g in groups.values():  # runs that differ in a hyperparameter are not seeds of one experiment: say so
@@ -296,6 +297,12 @@ def format_steps(x: float) -> str:
 
 def short_source(source: str) -> str:
     return source.split(" (")[0]
+
+
+def short(value, width: int = 28) -> str:
+    """A value as a legend shows it: a long one (a checkpoint's path, say) by its last `width` characters."""
+    text = str(value)
+    return text if len(text) <= width else "…" + text[-width + 1 :]
 
 
 def algo_of(label: str) -> str:

@@ -1014,3 +1014,10 @@ def test_plot_reads_runs_of_scripts_that_had_update_threads_and_precision(tmp_pa
     assert grouped.returncode == 0, grouped.stderr
     assert "sac_continuous precision=float32 update_threads=(not logged) | 1 |" in grouped.stdout
     assert "sac_continuous precision=bfloat16 update_threads=2 | 1 |" in grouped.stdout
+
+
+def test_a_long_grouping_value_is_shortened_in_the_legend():
+    """A checkpoint's path (bc_continuous.py --dagger-expert) would push the legend out of the figure."""
+    assert plot.short(3e-4) == "0.0003" and plot.short(None) == "None"
+    shortened = plot.short("benchmarks/runs_v2/HalfCheetah-v4__sac__1/checkpoints/best.pt")
+    assert shortened == "…_sac__1/checkpoints/best.pt" and len(shortened) == 28
