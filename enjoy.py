@@ -138,15 +138,17 @@ def check_new_dataset(dataset_id: str) -> None:
 
 
 def save_dataset(dataset_id: str, episodes: list, env, checkpoint: dict, returns: list, stochastic: bool) -> None:
-    """The episodes, with minari's own writer; the recording policy's mean return is the dataset's ref_max_score."""
+    """The episodes (dicts of EpisodeBuffer's fields), with minari's own writer; the recording policy's mean return is
+    the dataset's ref_max_score."""
     import minari
+    from minari.data_collector import EpisodeBuffer
 
     policy = f"{'stochastic' if stochastic else 'deterministic'} policy of a {checkpoint['algo']} checkpoint"
     with warnings.catch_warnings():  # minari asks for an author, an e-mail address and a code link
         warnings.simplefilter("ignore")
         dataset = minari.create_dataset_from_buffers(
             dataset_id,
-            episodes,
+            [EpisodeBuffer(id=i, **episode) for i, episode in enumerate(episodes)],
             env=env.spec.id,
             observation_space=env.observation_space,  # dm_control's: flattened, as the scripts see them
             action_space=env.action_space,
@@ -257,9 +259,7 @@ def main() -> None:
                         steps[key].append(value)
             returns.append(episode_return)
             if args.record_dataset:
-                from minari.data_collector import EpisodeBuffer
-
-                recorded.append(EpisodeBuffer(id=episode, seed=seed + episode, **steps))
+                recorded.append(dict(seed=seed + episode, **steps))
             (bar.write if bar else print)(f"episode {episode + 1}: return {episode_return:.2f}, length {length}")
     finally:
         if video is not None:
